@@ -1,0 +1,31 @@
+"""trilb's configuration: the frozen model and the TOML loader that builds it."""
+
+from .loader import load_config, loads_config, parse_config
+from .model import (
+    BackendConfig,
+    Config,
+    FrontendConfig,
+    GlobalConfig,
+    Limits,
+    LogConfig,
+    ServerConfig,
+    Timeouts,
+)
+from .values import Address, parse_duration, parse_size
+
+__all__ = [
+    "Address",
+    "BackendConfig",
+    "Config",
+    "FrontendConfig",
+    "GlobalConfig",
+    "Limits",
+    "LogConfig",
+    "ServerConfig",
+    "Timeouts",
+    "load_config",
+    "loads_config",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+]

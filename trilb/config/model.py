@@ -1,0 +1,213 @@
+"""The configuration model: frozen, keyword-only attrs classes.
+
+A :class:`Config` is a plain value. The TOML loader (:mod:`trilb.config.loader`) builds one from a file;
+Python users build the same objects in code. Either way the cross-references are checked when the
+:class:`Config` is created, so a ``Config`` that exists is one trilb can run.
+
+Durations are float seconds here; the TOML strings ("250ms", "5s") are parsed by the loader.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Literal
+
+import attrs
+
+from ..errors import ConfigError, ConfigProblem
+from .values import Address, parse_binds
+
+__all__ = [
+    "BackendConfig",
+    "Config",
+    "FrontendConfig",
+    "GlobalConfig",
+    "Limits",
+    "LogConfig",
+    "ServerConfig",
+    "Timeouts",
+    "reference_problems",
+]
+
+Balance = Literal["roundrobin", "static-rr"]
+BALANCE_ALGORITHMS: tuple[Balance, ...] = ("roundrobin", "static-rr")
+LogTarget = Literal["stdout", "stderr", "none"]
+LOG_TARGETS: tuple[LogTarget, ...] = ("stdout", "stderr", "none")
+LogFormat = Literal["haproxy", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("haproxy", "json")
+Mode = Literal["http"]
+MODES: tuple[Mode, ...] = ("http",)
+
+
+@attrs.frozen(kw_only=True)
+class Timeouts:
+    """Every wait trilb does is bounded by one of these (seconds)."""
+
+    #: establishing a TCP connection to a server
+    connect: float = 5.0
+    #: client inactivity: a read from or write to the client that makes no progress for this long
+    client: float = 30.0
+    #: server inactivity, likewise; also how long a server may take to start its response (then 504)
+    server: float = 30.0
+    #: the whole request head must arrive within this (slowloris protection; then 408)
+    http_request: float = 10.0
+    #: idle time allowed between two requests on a client connection
+    keep_alive: float = 5.0
+    #: idle time on an upgraded (WebSocket) or TCP tunnel
+    tunnel: float = 3600.0
+    #: how long an idle pooled server connection is kept for reuse
+    pool_idle: float = 30.0
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Bounds on what a client may send; beyond them it gets the matching 4xx.
+
+    The header-size default (32 KiB for the whole head) is twice h11's 16 KiB and above what real
+    browsers send with large cookie jars; nginx allows 4 x 8 KiB lines, HAProxy a 16 KiB buffer.
+    """
+
+    max_header_size: int = 32 * 1024  # 431 beyond it
+    max_uri_length: int = 8 * 1024  # 414 beyond it
+    max_headers: int = 100  # 431 beyond it (HAProxy: tune.http.maxhdr = 101)
+    max_request_body: int | None = None  # 413 beyond it; None = unlimited (streamed, never buffered)
+
+
+@attrs.frozen(kw_only=True)
+class GlobalConfig:
+    workers: int = 1
+    #: concurrent client connections across all frontends; beyond it they wait in the kernel backlog
+    max_connections: int = 20000
+    pidfile: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class LogConfig:
+    target: LogTarget = "stdout"
+    format: LogFormat = "haproxy"
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    name: str
+    address: Address = attrs.field(converter=Address.for_server)
+    #: share of new traffic relative to the other servers; 0 = no new traffic
+    weight: int = 100
+
+
+@attrs.frozen(kw_only=True)
+class BackendConfig:
+    name: str
+    servers: tuple[ServerConfig, ...] = attrs.field(converter=tuple)
+    mode: Mode = "http"
+    balance: Balance = "roundrobin"
+    timeouts: Timeouts = Timeouts()
+    #: extra connection attempts after a failed one; each goes to another server when there is one
+    retries: int = 2
+    #: idle keep-alive connections kept per server for reuse
+    pool_max_idle: int = 64
+
+
+@attrs.frozen(kw_only=True)
+class FrontendConfig:
+    name: str
+    bind: tuple[Address, ...] = attrs.field(converter=parse_binds)
+    mode: Mode = "http"
+    default_backend: str | None = None
+    #: append the client to X-Forwarded-For and set X-Forwarded-Proto/Host/Port
+    forwarded_for: bool = False
+    timeouts: Timeouts = Timeouts()
+    limits: Limits = Limits()
+
+
+def _frontends(value: Iterable[FrontendConfig]) -> tuple[FrontendConfig, ...]:
+    return tuple(value)
+
+
+def _backends(value: Iterable[BackendConfig]) -> tuple[BackendConfig, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """A whole, consistent trilb configuration. Creating one checks its cross-references."""
+
+    frontends: tuple[FrontendConfig, ...] = attrs.field(converter=_frontends)
+    backends: tuple[BackendConfig, ...] = attrs.field(converter=_backends)
+    global_: GlobalConfig = GlobalConfig()
+    log: LogConfig = LogConfig()
+
+    def __attrs_post_init__(self) -> None:
+        problems = reference_problems(self)
+        if problems:
+            raise ConfigError(problems)
+
+    def backend(self, name: str) -> BackendConfig:
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        raise KeyError(name)
+
+    def frontend(self, name: str) -> FrontendConfig:
+        for frontend in self.frontends:
+            if frontend.name == name:
+                return frontend
+        raise KeyError(name)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A " (did you mean 'x'?)" suffix for an unknown name, or "" when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def reference_problems(config: Config) -> list[ConfigProblem]:
+    """What is inconsistent across sections: names, references, modes. Empty when all is well."""
+    problems: list[ConfigProblem] = []
+    if not config.frontends:
+        problems.append(ConfigProblem("frontends", "at least one frontend is required"))
+    backend_names = [b.name for b in config.backends]
+    for kind, names in (("frontends", [f.name for f in config.frontends]), ("backends", backend_names)):
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                problems.append(ConfigProblem(f"{kind}.{name}", "the name is used twice"))
+            seen.add(name)
+    modes = {b.name: b.mode for b in config.backends}
+    for frontend in config.frontends:
+        path = f"frontends.{frontend.name}"
+        if not frontend.bind:
+            problems.append(ConfigProblem(f"{path}.bind", "at least one address is required"))
+        if frontend.default_backend is None:
+            problems.append(
+                ConfigProblem(f"{path}.default_backend", "required: the backend that gets the traffic")
+            )
+        elif frontend.default_backend not in modes:
+            hint = did_you_mean(frontend.default_backend, backend_names)
+            problems.append(
+                ConfigProblem(
+                    f"{path}.default_backend",
+                    f"no backend named {frontend.default_backend!r}{hint}",
+                )
+            )
+        elif modes[frontend.default_backend] != frontend.mode:
+            problems.append(
+                ConfigProblem(
+                    f"{path}.default_backend",
+                    f"backend {frontend.default_backend!r} is in mode "
+                    f"{modes[frontend.default_backend]!r}, the frontend in mode {frontend.mode!r}",
+                )
+            )
+    for backend in config.backends:
+        path = f"backends.{backend.name}"
+        if not backend.servers:
+            problems.append(ConfigProblem(f"{path}.servers", "at least one server is required"))
+        seen = set()
+        for index, server in enumerate(backend.servers):
+            if server.name in seen:
+                problems.append(
+                    ConfigProblem(f"{path}.servers[{index}].name", f"{server.name!r} is used twice")
+                )
+            seen.add(server.name)
+    return problems
