@@ -36,3 +36,7 @@ class ConfigError(TrilbError):
     @classmethod
     def single(cls, key_path: str, message: str) -> ConfigError:
         return cls([ConfigProblem(key_path, message)])
+
+
+class StartupError(TrilbError):
+    """The balancer could not start: a listener could not be opened, a name not resolved."""

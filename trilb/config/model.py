@@ -1,8 +1,8 @@
 """The configuration model: frozen, keyword-only attrs classes.
 
-A :class:`Config` is a plain value. The TOML loader (:mod:`trilb.config.loader`) builds one from a file;
-Python users build the same objects in code. Either way the cross-references are checked when the
-:class:`Config` is created, so a ``Config`` that exists is one trilb can run.
+A :class:`Config` is a plain value. The TOML loader (:mod:`trilb.config.loader`) builds one from a
+file; Python users build the same objects in code. Either way the cross-references are checked when
+the :class:`Config` is created, so a ``Config`` that exists is one trilb can run.
 
 Durations are float seconds here; the TOML strings ("250ms", "5s") are parsed by the loader.
 """
@@ -71,7 +71,8 @@ class Limits:
     max_header_size: int = 32 * 1024  # 431 beyond it
     max_uri_length: int = 8 * 1024  # 414 beyond it
     max_headers: int = 100  # 431 beyond it (HAProxy: tune.http.maxhdr = 101)
-    max_request_body: int | None = None  # 413 beyond it; None = unlimited (streamed, never buffered)
+    #: 413 beyond it; None = unlimited (streamed, never buffered)
+    max_request_body: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -88,18 +89,28 @@ class LogConfig:
     format: LogFormat = "haproxy"
 
 
+# Converters are named functions: mypy's attrs plugin cannot type a classmethod or a bare `tuple`
+# converter, which would make `ServerConfig(address="...")` / `servers=[...]` fail `mypy --strict`.
+def _server_address(value: str | Address) -> Address:
+    return Address.for_server(value)
+
+
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     name: str
-    address: Address = attrs.field(converter=Address.for_server)
+    address: Address = attrs.field(converter=_server_address)
     #: share of new traffic relative to the other servers; 0 = no new traffic
     weight: int = 100
+
+
+def _servers(value: Iterable[ServerConfig]) -> tuple[ServerConfig, ...]:
+    return tuple(value)
 
 
 @attrs.frozen(kw_only=True)
 class BackendConfig:
     name: str
-    servers: tuple[ServerConfig, ...] = attrs.field(converter=tuple)
+    servers: tuple[ServerConfig, ...] = attrs.field(converter=_servers)
     mode: Mode = "http"
     balance: Balance = "roundrobin"
     timeouts: Timeouts = Timeouts()
@@ -168,21 +179,22 @@ def reference_problems(config: Config) -> list[ConfigProblem]:
     if not config.frontends:
         problems.append(ConfigProblem("frontends", "at least one frontend is required"))
     backend_names = [b.name for b in config.backends]
-    for kind, names in (("frontends", [f.name for f in config.frontends]), ("backends", backend_names)):
+    frontend_names = [f.name for f in config.frontends]
+    for kind, names in (("frontends", frontend_names), ("backends", backend_names)):
         seen: set[str] = set()
         for name in names:
             if name in seen:
                 problems.append(ConfigProblem(f"{kind}.{name}", "the name is used twice"))
             seen.add(name)
-    modes = {b.name: b.mode for b in config.backends}
+    # typed str, not Mode: with only one mode today mypy would call the mismatch check unreachable
+    modes: dict[str, str] = {b.name: b.mode for b in config.backends}
     for frontend in config.frontends:
         path = f"frontends.{frontend.name}"
         if not frontend.bind:
             problems.append(ConfigProblem(f"{path}.bind", "at least one address is required"))
         if frontend.default_backend is None:
-            problems.append(
-                ConfigProblem(f"{path}.default_backend", "required: the backend that gets the traffic")
-            )
+            message = "required: the backend that gets the traffic"
+            problems.append(ConfigProblem(f"{path}.default_backend", message))
         elif frontend.default_backend not in modes:
             hint = did_you_mean(frontend.default_backend, backend_names)
             problems.append(

@@ -1,0 +1,61 @@
+"""trilb: a load balancer and reverse proxy in the spirit of HAProxy, built on Trio.
+
+Embed it in a Trio program::
+
+    lb = await nursery.start(trilb.serve, trilb.load_config("trilb.toml"))
+    print(lb.addresses, lb.statistics())
+    await lb.drain()
+"""
+
+from ._version import __version__
+from .balancer import Balancer, open_balancer, serve
+from .config import (
+    Address,
+    BackendConfig,
+    Config,
+    FrontendConfig,
+    GlobalConfig,
+    Limits,
+    LogConfig,
+    ServerConfig,
+    Timeouts,
+    load_config,
+    loads_config,
+)
+from .errors import ConfigError, ConfigProblem, StartupError, TrilbError
+from .logsink import LogSink
+from .stats import (
+    BackendStatistics,
+    FrontendStatistics,
+    ServerStatistics,
+    Statistics,
+    TrafficStatistics,
+)
+
+__all__ = [
+    "Address",
+    "BackendConfig",
+    "BackendStatistics",
+    "Balancer",
+    "Config",
+    "ConfigError",
+    "ConfigProblem",
+    "FrontendConfig",
+    "FrontendStatistics",
+    "GlobalConfig",
+    "Limits",
+    "LogConfig",
+    "LogSink",
+    "ServerConfig",
+    "ServerStatistics",
+    "StartupError",
+    "Statistics",
+    "Timeouts",
+    "TrafficStatistics",
+    "TrilbError",
+    "__version__",
+    "load_config",
+    "loads_config",
+    "open_balancer",
+    "serve",
+]

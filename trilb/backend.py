@@ -1,0 +1,120 @@
+"""A backend at run time: its servers, their pools and counters, and the balancing algorithm."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Container
+
+import trio
+
+from .config import BackendConfig, ServerConfig
+from .core.balance import Algorithm, make_algorithm
+from .errors import ConfigError
+from .pool import IdlePool, ServerConnection
+from .stats import BackendStatistics, Counters, ServerStatistics
+
+__all__ = ["BackendRuntime", "ServerRuntime", "resolve_backend"]
+
+
+class ServerRuntime:
+    """One server: where it is, how to connect to it, its idle pool and counters."""
+
+    __slots__ = ("config", "counters", "family", "index", "name", "pool", "sockaddr", "weight")
+
+    def __init__(
+        self, config: ServerConfig, index: int, family: int, sockaddr: object, pool: IdlePool
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.index = index
+        self.weight = config.weight
+        self.family = family
+        self.sockaddr = sockaddr
+        self.pool = pool
+        self.counters = Counters()
+
+    async def connect(self, timeout: float) -> ServerConnection:
+        """A new connection; raises OSError (incl. TimeoutError) when the server can't be reached."""
+        sock = trio.socket.socket(self.family, socket.SOCK_STREAM)
+        try:
+            with trio.move_on_after(timeout) as scope:
+                await sock.connect(self.sockaddr)
+            if scope.cancelled_caught:
+                raise TimeoutError(f"no connection within {timeout:g}s")
+        except BaseException:
+            sock.close()
+            raise
+        return ServerConnection(trio.SocketStream(sock))
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(
+            name=self.name,
+            address=str(self.config.address),
+            weight=self.weight,
+            traffic=self.counters.snapshot(),
+            idle_connections=len(self.pool),
+        )
+
+
+class BackendRuntime:
+    """The servers of one backend and the algorithm that chooses among them."""
+
+    __slots__ = ("algorithm", "config", "counters", "name", "servers")
+
+    def __init__(self, config: BackendConfig, servers: list[ServerRuntime]) -> None:
+        self.config = config
+        self.name = config.name
+        self.servers = servers
+        self.algorithm: Algorithm = make_algorithm(config.balance, [s.weight for s in servers])
+        self.counters = Counters()
+
+    def pick(self, tried: Container[int]) -> ServerRuntime | None:
+        """The next server, preferring one not tried yet for this request (redispatch)."""
+        index = self.algorithm.pick(lambda i: i not in tried) if tried else self.algorithm.pick()
+        if index is None and tried:
+            index = self.algorithm.pick()
+        return None if index is None else self.servers[index]
+
+    def set_weight(self, server_name: str, weight: int) -> None:
+        for server in self.servers:
+            if server.name == server_name:
+                server.weight = weight
+                self.algorithm.set_weight(server.index, weight)
+                return
+        raise KeyError(server_name)
+
+    def close_idle(self) -> None:
+        for server in self.servers:
+            for conn in server.pool.drain():
+                conn.close()
+
+    def statistics(self) -> BackendStatistics:
+        return BackendStatistics(
+            name=self.name,
+            traffic=self.counters.snapshot(),
+            servers=tuple(s.statistics() for s in self.servers),
+        )
+
+
+async def resolve_backend(config: BackendConfig) -> BackendRuntime:
+    """Resolve every server's address once, at start (as HAProxy does without resolvers)."""
+    servers = []
+    for index, server in enumerate(config.servers):
+        address = server.address
+        pool = IdlePool(config.pool_max_idle, config.timeouts.pool_idle)
+        if address.path is not None:
+            servers.append(ServerRuntime(server, index, socket.AF_UNIX, address.path, pool))
+            continue
+        assert address.host is not None
+        try:
+            infos = await trio.socket.getaddrinfo(
+                address.host, address.port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise ConfigError.single(
+                f"backends.{config.name}.servers[{index}].address",
+                f"cannot resolve {address.host!r}: {exc}",
+            ) from None
+        family, _, _, _, sockaddr = infos[0]
+        servers.append(ServerRuntime(server, index, family, sockaddr, pool))
+    return BackendRuntime(config, servers)

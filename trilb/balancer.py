@@ -1,0 +1,178 @@
+"""The balancer: the Trio task tree that runs a :class:`~trilb.config.Config`.
+
+::
+
+    serve()                         the balancer's nursery
+    ├── frontend.run()              one per frontend: an accept loop per listener
+    └── connections nursery         one task per client connection (ClientSession.run)
+
+Nothing is global: two balancers in one process share no state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import trio
+
+from .backend import BackendRuntime, resolve_backend
+from .config import Address, Config
+from .frontend import FrontendRuntime, open_listeners
+from .logsink import LogSink
+from .stats import Statistics
+
+__all__ = ["Balancer", "open_balancer", "serve"]
+
+#: default time in-flight requests get to finish after a drain starts
+DEFAULT_GRACE = 30.0
+
+
+class Balancer:
+    """A running balancer, as handed back by ``await nursery.start(trilb.serve, config)``."""
+
+    def __init__(
+        self,
+        config: Config,
+        frontends: list[FrontendRuntime],
+        backends: dict[str, BackendRuntime],
+        log: LogSink,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self._frontends = frontends
+        self._backends = backends
+        self._drain_started = trio.Event()
+        self._grace = DEFAULT_GRACE
+        self._stopped = trio.Event()
+
+    @property
+    def addresses(self) -> Mapping[str, tuple[Address, ...]]:
+        """The addresses each frontend really listens on (port 0 resolved), by frontend name."""
+        return {fe.name: fe.addresses for fe in self._frontends}
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_started.is_set()
+
+    def statistics(self) -> Statistics:
+        """An immutable snapshot of every frontend's, backend's and server's counters."""
+        return Statistics(
+            frontends=tuple(fe.statistics() for fe in self._frontends),
+            backends=tuple(b.statistics() for b in self._backends.values()),
+        )
+
+    def set_weight(self, backend: str, server: str, weight: int) -> None:
+        """Change a server's weight at run time (0-256; 0 = no new traffic)."""
+        if not 0 <= weight <= 256:
+            raise ValueError(f"weight must be 0-256, got {weight}")
+        self._backends[backend].set_weight(server, weight)
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop gracefully: stop accepting, close idle keep-alive connections, let requests in
+        flight finish for up to ``grace`` seconds (default 30), then close the rest.
+        Returns once the balancer has stopped; calling it again just waits for that."""
+        if not self._drain_started.is_set():
+            self._grace = DEFAULT_GRACE if grace is None else grace
+            self._drain_started.set()
+        await self._stopped.wait()
+
+    async def _run(self, task_status: trio.TaskStatus[Balancer]) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                async with trio.open_nursery() as connections:
+                    for fe in self._frontends:
+                        nursery.start_soon(fe.run, connections)
+                    self._log_start()
+                    task_status.started(self)
+                    await self._drain_started.wait()
+                    self.log.info(
+                        f"draining: waiting up to {self._grace:g}s for requests in flight"
+                    )
+                    for fe in self._frontends:
+                        fe.start_drain()
+                    with trio.move_on_after(self._grace) as scope:
+                        for fe in self._frontends:
+                            await fe.connections_done.wait()
+                    if scope.cancelled_caught:
+                        self.log.warning(
+                            "drain grace period over: closing the remaining connections"
+                        )
+                    connections.cancel_scope.cancel()
+        finally:
+            for fe in self._frontends:
+                for listener in fe.listeners:
+                    listener.socket.close()
+            for backend in self._backends.values():
+                backend.close_idle()
+            self._stopped.set()
+        self.log.info("stopped")
+
+    def _log_start(self) -> None:
+        for fe in self._frontends:
+            where = ", ".join(str(a) for a in fe.addresses)
+            self.log.info(f"frontend {fe.name} listening on {where} -> backend {fe.backend.name}")
+
+
+async def serve(
+    config: Config,
+    *,
+    log: LogSink | None = None,
+    task_status: trio.TaskStatus[Balancer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a balancer for ``config`` until it is drained or cancelled.
+
+    Use it as ``lb = await nursery.start(trilb.serve, config)``: that returns once every listener
+    is bound (port 0 works; see ``lb.addresses``).
+
+    Cancellation: cancelling the task stops at once, closing every connection.
+    Resource handling: listeners, client and server connections are all closed when it returns.
+    Error handling: raises :class:`~trilb.errors.StartupError` (e.g. a port in use) or
+    :class:`~trilb.errors.ConfigError` (a server name that does not resolve) before starting;
+    afterwards, errors of one connection end that connection only and are logged.
+    """
+    log = log if log is not None else LogSink(config.log.target, config.log.format)
+    backends: dict[str, BackendRuntime] = {}
+    for backend_config in config.backends:
+        backends[backend_config.name] = await resolve_backend(backend_config)
+    # Connections beyond the global cap wait in the kernel's listen backlog.
+    slots = trio.Semaphore(config.global_.max_connections)
+    frontends: list[FrontendRuntime] = []
+    try:
+        for fe_config in config.frontends:
+            assert fe_config.default_backend is not None  # checked when the Config was made
+            listeners = await open_listeners(fe_config)
+            frontends.append(
+                FrontendRuntime(
+                    fe_config, backends[fe_config.default_backend], listeners, log, slots
+                )
+            )
+    except BaseException:
+        for fe in frontends:
+            for listener in fe.listeners:
+                listener.socket.close()
+        raise
+    await Balancer(config, frontends, backends, log)._run(task_status)
+
+
+@asynccontextmanager
+async def open_balancer(config: Config, *, log: LogSink | None = None) -> AsyncIterator[Balancer]:
+    """``async with trilb.open_balancer(config) as lb:`` runs a balancer for the block's duration.
+
+    Leaving the block stops it at once; ``await lb.drain()`` inside the block stops it gracefully.
+    """
+    async with trio.open_nursery() as nursery:
+        lb: Balancer = await nursery.start(_serve_with_log, config, log)
+        try:
+            yield lb
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def _serve_with_log(
+    config: Config,
+    log: LogSink | None,
+    *,
+    task_status: trio.TaskStatus[Balancer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve(config, log=log, task_status=task_status)

@@ -1,0 +1,508 @@
+"""Build a :class:`~trilb.config.model.Config` from TOML, reporting every problem at once.
+
+Theory of operation: the TOML document is walked once, table by table, through :class:`_Table`,
+whose typed getters never raise. A bad value becomes a :class:`ConfigProblem` carrying its full key
+path, and the getter hands back the model's default so reading can go on. When a table has been
+read, every key nobody asked for is reported: "not supported yet" for keys of the contract
+(``CONFIG-CONTRACT.md``) that are planned, "unknown key" with a suggestion for everything else.
+
+The model objects are then built anyway (with placeholders where a part was unusable), so the
+cross-reference checks of :func:`~trilb.config.model.reference_problems` run too and the user sees
+structural and reference problems in one go. A reference problem that only echoes a structural one
+(an empty ``bind`` because its one address was bad) is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+
+from .._version import __version__
+from ..errors import ConfigError, ConfigProblem
+from .model import (
+    BALANCE_ALGORITHMS,
+    LOG_FORMATS,
+    LOG_TARGETS,
+    MODES,
+    BackendConfig,
+    Config,
+    FrontendConfig,
+    GlobalConfig,
+    Limits,
+    LogConfig,
+    ServerConfig,
+    Timeouts,
+    did_you_mean,
+)
+from .values import Address, parse_address, parse_duration, parse_size
+
+__all__ = ["load_config", "loads_config", "parse_config"]
+
+T = TypeVar("T")
+S = TypeVar("S", bound=str)
+
+_PLANNED = "not supported yet in trilb {}.{} (planned)".format(*__version__.split(".")[:2])
+
+# Keys of the contract that a later version implements: named, so they are neither ignored nor
+# mistaken for typos.
+_PLANNED_TOP = ("stats", "admin")
+_PLANNED_FRONTEND = ("redirect_https", "accept_proxy", "rate_limit", "tls", "routes")
+_PLANNED_BACKEND = ("cookie", "health_check")
+_PLANNED_SERVER = ("backup", "max_connections", "slow_start", "tls", "send_proxy")
+_PLANNED_BALANCE = ("leastconn", "first", "source", "uri", "random", "url_param:", "header:")
+
+# The model's own defaults, read from instances so the loader never restates them.
+_GLOBAL = GlobalConfig()
+_BACKEND = BackendConfig(name="", servers=())
+_FRONTEND = FrontendConfig(name="", bind=())
+_SERVER = ServerConfig(name="", address=Address())
+
+#: HAProxy's rule for names; they appear in logs, stats and (later) cookies, so no spaces or quotes
+_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+
+_EMPTY: Mapping[str, Any] = {}
+
+#: error messages show at most this much of a value, so a huge inline table stays one line
+_SHOW_LIMIT = 60
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and check a TOML config file; relative paths in it resolve against its folder.
+
+    Raises :class:`ConfigError` listing every problem: unreadable file, TOML syntax, bad values.
+    """
+    name = os.fspath(path)
+    try:
+        raw = Path(name).read_bytes()
+    except OSError as exc:
+        raise ConfigError.single("", f"cannot read {name}: {exc.strerror or exc}") from None
+    try:
+        # decoded here, not by tomllib.load, whose UnicodeDecodeError would escape as a traceback
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError.single("", f"{name}: not UTF-8 text (at line {line})") from None
+    return loads_config(text, base_dir=Path(name).absolute().parent, source=name)
+
+
+def loads_config(text: str, *, base_dir: Path | None = None, source: str = "<string>") -> Config:
+    """Check a config given as TOML text. ``source`` names it in syntax errors.
+
+    Relative paths resolve against ``base_dir``; without one they stay relative (to the working
+    directory at the time they are used).
+    """
+    try:
+        # a byte-order mark is what some Windows editors put first; it is not part of the document
+        data = tomllib.loads(text.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message ends with "(at line N, column M)": keep it
+        raise ConfigError.single("", f"{source}: invalid TOML: {exc}") from None
+    return parse_config(data, base_dir=base_dir)
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Config:
+    """Check a parsed TOML document (the dict :mod:`tomllib` returns) and build the model."""
+    return _Loader(base_dir).config(data)
+
+
+def _show(value: object) -> str:
+    """A value spelled the way TOML writes it (strings in double quotes), so users can find it."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, Mapping):
+        text = "{ " + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + " }"
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_show(item) for item in value) + "]"
+    else:  # numbers, dates and times print as TOML writes them
+        text = str(value)
+    return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
+
+
+def _related(a: str, b: str) -> bool:
+    """Whether one key path is the other or lies inside it."""
+    if len(a) < len(b):
+        a, b = b, a
+    return a == b or a.startswith((b + ".", b + "["))
+
+
+class _Table:
+    """One TOML table being read. Getters record problems instead of raising, so one pass finds all.
+
+    Every key a getter is asked for is a key valid here; :meth:`finish` reports the others.
+    """
+
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        path: str,
+        problems: list[ConfigProblem],
+        planned: Iterable[str] = (),
+    ) -> None:
+        self.data = data
+        self.path = path
+        self.problems = problems
+        self._planned = tuple(planned)
+        self._known: list[str] = []
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def problem(self, key_path: str, message: str) -> None:
+        self.problems.append(ConfigProblem(key_path, message))
+
+    def get(self, key: str, check: Callable[[Any], T], default: T, *, required: bool = False) -> T:
+        """``check(value)`` for a key that is present, else ``default``; problems are recorded."""
+        self._known.append(key)
+        if key not in self.data:
+            if required:
+                self.problem(self.key_path(key), "required")
+            return default
+        try:
+            return check(self.data[key])
+        except ValueError as exc:
+            self.problem(self.key_path(key), str(exc))
+            return default
+
+    def table(self, key: str) -> _Table:
+        """A sub-table; an empty one when it is absent or not a table."""
+        return _Table(self.get(key, _mapping, _EMPTY), self.key_path(key), self.problems)
+
+    def named(self, key: str, planned: Iterable[str]) -> list[tuple[str, _Table | None]]:
+        """The entries of a table of named tables (``[frontends.NAME]``); None for a broken one."""
+        entries = self.table(key)
+        result: list[tuple[str, _Table | None]] = []
+        for name, value in entries.data.items():
+            path = entries.key_path(name)
+            try:
+                _name(name)
+            except ValueError as exc:
+                self.problem(path, f"the name {exc}")
+            if isinstance(value, Mapping):
+                result.append((name, _Table(value, path, self.problems, planned)))
+            else:
+                self.problem(path, f"must be a table ([{path}]), got {_show(value)}")
+                result.append((name, None))
+        return result
+
+    def finish(self) -> None:
+        """Report every key no getter asked for."""
+        for key in self.data:
+            if key in self._known:
+                continue
+            if key in self._planned:
+                self.problem(self.key_path(key), _PLANNED)
+            else:
+                hint = did_you_mean(key, [*self._known, *self._planned])
+                self.problem(self.key_path(key), f"unknown key{hint}")
+
+
+# Checkers: take a TOML value, return the model's value or raise ValueError with a message that
+# completes "key.path: ...".
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"must be a table, got {_show(value)}")
+    return value
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(
+            f'must be made of letters, digits, "-", "_", "." and ":", got {_show(value)}'
+        )
+    return value
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _int(low: int, high: int | None = None) -> Callable[[object], int]:
+    want = f"an integer {low}-{high}" if high is not None else f"an integer >= {low}"
+
+    def check(value: object) -> int:
+        # TOML's true is a Python bool, which is an int: refuse it explicitly
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            raise ValueError(f"must be {want}, got {_show(value)}")
+        return value
+
+    return check
+
+
+def _duration(value: object) -> float:
+    if not isinstance(value, str):
+        raise ValueError(f'must be a duration string like "5s" or "250ms", got {_show(value)}')
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than 0, got {_show(value)}")
+    return seconds
+
+
+def _size(low: int) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError(f'must be a byte count like 65536 or "64k", got {_show(value)}')
+        size = parse_size(value)
+        if size < low:
+            raise ValueError(f"must be at least {low} bytes, got {_show(value)}")
+        return size
+
+    return check
+
+
+def _choice(choices: tuple[S, ...], planned: Iterable[str] = ()) -> Callable[[object], S]:
+    """One of ``choices``; a ``planned`` value (or prefix, when it ends with ":") is not-yet."""
+    planned = tuple(planned)
+    supported = ", ".join(_show(choice) for choice in choices)
+
+    def check(value: object) -> S:
+        for choice in choices:
+            if value == choice:
+                return choice
+        if isinstance(value, str) and any(
+            value == p or (p.endswith(":") and value.startswith(p)) for p in planned
+        ):
+            raise ValueError(f"{_show(value)} is {_PLANNED}; supported now: {supported}")
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+        raise ValueError(f"must be one of {supported}, got {_show(value)}{hint}")
+
+    return check
+
+
+def _workers(value: object) -> int:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 1):
+        raise ValueError(
+            f"only 1 is supported for now (multi-process workers are planned), got {_show(value)}"
+        )
+    return _int(1)(value)
+
+
+def _list(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(
+            f'must be an array of tables like [{{ name = "s1", address = "10.0.0.1:80" }}], '
+            f"got {_show(value)}"
+        )
+    return value
+
+
+def _binds(value: object) -> list[tuple[str, object]]:
+    """One address or a list of them, each with the suffix that completes its key path."""
+    if isinstance(value, str):
+        return [("", value)]
+    if isinstance(value, list):
+        return [(f"[{index}]", item) for index, item in enumerate(value)]
+    raise ValueError(
+        f'must be an address or an array of addresses like ["*:80"], got {_show(value)}'
+    )
+
+
+def _server_address(value: object) -> Address:
+    if not isinstance(value, str):
+        raise ValueError(f'must be an address string like "10.0.0.1:80", got {_show(value)}')
+    (address,) = parse_address(value, bind=False)
+    return address
+
+
+_RETRIES = _int(0, 100)
+_POOL_MAX_IDLE = _int(0)
+_MODE = _choice(MODES, planned=["tcp"])
+_BALANCE = _choice(BALANCE_ALGORITHMS, _PLANNED_BALANCE)
+_TIMEOUT_FIELDS = tuple(field.name for field in attrs.fields(Timeouts))
+
+
+@attrs.frozen(kw_only=True)
+class _Defaults:
+    """The ``[defaults]`` table: what every frontend and backend starts from."""
+
+    timeouts: Timeouts
+    limits: Limits
+    forwarded_for: bool
+    retries: int
+    pool_max_idle: int
+
+
+def _timeouts(table: _Table, base: Timeouts) -> Timeouts:
+    return Timeouts(
+        **{
+            name: table.get(f"timeout_{name}", _duration, getattr(base, name))
+            for name in _TIMEOUT_FIELDS
+        }
+    )
+
+
+def _limits(table: _Table, base: Limits) -> Limits:
+    return Limits(
+        max_request_body=table.get("max_request_body", _size(0), base.max_request_body),
+        max_header_size=table.get("max_header_size", _size(1024), base.max_header_size),
+        max_uri_length=table.get("max_uri_length", _size(64), base.max_uri_length),
+        max_headers=table.get("max_headers", _int(1), base.max_headers),
+    )
+
+
+class _Loader:
+    """One reading of one document: the problems found so far and what spans sections."""
+
+    def __init__(self, base_dir: Path | None) -> None:
+        self.base_dir = base_dir
+        self.problems: list[ConfigProblem] = []
+        #: every listening address so far, with where it was given, to catch one bound twice
+        self.binds: dict[Address, str] = {}
+
+    def config(self, data: Mapping[str, Any]) -> Config:
+        root = _Table(data, "", self.problems, _PLANNED_TOP)
+        global_ = self.global_(root.table("global"))
+        log = self.log(root.table("log"))
+        defaults = self.defaults(root.table("defaults"))
+        frontends = [
+            self.frontend(name, table, defaults)
+            for name, table in root.named("frontends", _PLANNED_FRONTEND)
+            if table is not None
+        ]
+        backends = [
+            # a broken backend still has its name, so references to it are not reported too
+            self.backend(name, table, defaults) if table else BackendConfig(name=name, servers=())
+            for name, table in root.named("backends", _PLANNED_BACKEND)
+        ]
+        root.finish()
+        structural = self.problems
+        try:
+            config = Config(frontends=frontends, backends=backends, global_=global_, log=log)
+        except ConfigError as exc:
+            if any(p.key_path in ("frontends", "backends") for p in structural):
+                references: list[ConfigProblem] = []  # too broken for references to mean anything
+            else:
+                references = [
+                    ref
+                    for ref in exc.problems
+                    if not any(_related(ref.key_path, p.key_path) for p in structural)
+                ]
+            raise ConfigError([*structural, *references]) from None
+        if structural:
+            raise ConfigError(structural)
+        return config
+
+    def global_(self, table: _Table) -> GlobalConfig:
+        workers = table.get("workers", _workers, _GLOBAL.workers)
+        max_connections = table.get("max_connections", _int(1), _GLOBAL.max_connections)
+        pidfile = table.get("pidfile", _str, _GLOBAL.pidfile)
+        if pidfile is not None and self.base_dir is not None:
+            pidfile = str(self.base_dir / pidfile)  # an absolute pidfile stays as it is
+        table.finish()
+        return GlobalConfig(workers=workers, max_connections=max_connections, pidfile=pidfile)
+
+    def log(self, table: _Table) -> LogConfig:
+        default = LogConfig()
+        target = table.get(
+            "target", _choice(LOG_TARGETS, planned=["file:", "syslog:"]), default.target
+        )
+        format_ = table.get("format", _choice(LOG_FORMATS), default.format)
+        table.finish()
+        return LogConfig(target=target, format=format_)
+
+    def defaults(self, table: _Table) -> _Defaults:
+        result = _Defaults(
+            timeouts=_timeouts(table, _BACKEND.timeouts),
+            limits=_limits(table, _FRONTEND.limits),
+            forwarded_for=table.get("forwarded_for", _bool, _FRONTEND.forwarded_for),
+            retries=table.get("retries", _RETRIES, _BACKEND.retries),
+            pool_max_idle=table.get("pool_max_idle", _POOL_MAX_IDLE, _BACKEND.pool_max_idle),
+        )
+        table.finish()
+        return result
+
+    def frontend(self, name: str, table: _Table, defaults: _Defaults) -> FrontendConfig:
+        binds: list[Address] = []
+        no_binds: list[tuple[str, object]] = []
+        for suffix, item in table.get("bind", _binds, no_binds):
+            path = table.key_path("bind") + suffix
+            try:
+                if not isinstance(item, str):
+                    raise ValueError(f'must be an address string like "*:80", got {_show(item)}')
+                addresses = parse_address(item, bind=True)
+            except ValueError as exc:
+                table.problem(path, str(exc))
+                continue
+            self.check_bound_once(addresses, path)
+            binds.extend(addresses)
+        result = FrontendConfig(
+            name=name,
+            bind=binds,
+            mode=table.get("mode", _MODE, _FRONTEND.mode),
+            default_backend=table.get("default_backend", _str, None),
+            forwarded_for=table.get("forwarded_for", _bool, defaults.forwarded_for),
+            timeouts=_timeouts(table, defaults.timeouts),
+            limits=_limits(table, defaults.limits),
+        )
+        table.finish()
+        return result
+
+    def check_bound_once(self, addresses: list[Address], path: str) -> None:
+        """An address given twice would fail at startup (or, with SO_REUSEPORT, be shared)."""
+        for address in addresses:
+            if address.port == 0 and not address.is_unix:
+                continue  # any free port: never a collision
+            other = self.binds.setdefault(address, path)
+            if other != path:
+                message = f'"{address}" is also bound by {other}'
+                self.problems.append(ConfigProblem(path, message))
+                return
+
+    def backend(self, name: str, table: _Table, defaults: _Defaults) -> BackendConfig:
+        result = BackendConfig(  # keyword arguments are read in order: the usual order of a file
+            name=name,
+            mode=table.get("mode", _MODE, _BACKEND.mode),
+            balance=table.get("balance", _BALANCE, _BACKEND.balance),
+            timeouts=_timeouts(table, defaults.timeouts),
+            retries=table.get("retries", _RETRIES, defaults.retries),
+            pool_max_idle=table.get("pool_max_idle", _POOL_MAX_IDLE, defaults.pool_max_idle),
+            servers=self.servers(table),
+        )
+        table.finish()
+        return result
+
+    def servers(self, table: _Table) -> list[ServerConfig]:
+        servers: list[ServerConfig] = []
+        no_servers: list[Any] = []
+        for index, item in enumerate(table.get("servers", _list, no_servers)):
+            path = f"{table.key_path('servers')}[{index}]"
+            if isinstance(item, Mapping):
+                servers.append(self.server(_Table(item, path, self.problems, _PLANNED_SERVER)))
+            else:
+                shape = '{ name = "s1", address = "10.0.0.1:80" }'
+                table.problem(path, f"must be a table like {shape}, got {_show(item)}")
+                servers.append(ServerConfig(name=f"#{index}", address=Address()))  # placeholder
+        return servers
+
+    def server(self, table: _Table) -> ServerConfig:
+        # placeholders for a missing name or address keep the server's place for later checks
+        result = ServerConfig(
+            name=table.get("name", _name, f"#{table.path}", required=True),
+            address=table.get("address", _server_address, Address(), required=True),
+            weight=table.get("weight", _int(0, 256), _SERVER.weight),
+        )
+        table.finish()
+        return result

@@ -1,0 +1,173 @@
+"""A frontend at run time: its listeners, the accept loops, and one task per client connection."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+import traceback
+from typing import TYPE_CHECKING
+
+import trio
+
+from .config import Address, FrontendConfig
+from .errors import StartupError
+from .http_proxy import ClientSession
+from .stats import Counters, FrontendStatistics
+
+if TYPE_CHECKING:
+    from .backend import BackendRuntime
+    from .logsink import LogSink
+
+__all__ = ["FrontendRuntime", "open_listeners"]
+
+#: accept() errors that mean "out of resources for now": wait a little and go on accepting
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: how long to back off after such an error (trio.serve_listeners uses the same)
+_ACCEPT_BACKOFF = 0.1
+#: listen() backlog: connections over max_connections wait here
+BACKLOG = 1024
+
+
+class FrontendRuntime:
+    """What a client session needs from its frontend, plus the frontend's listeners."""
+
+    def __init__(
+        self,
+        config: FrontendConfig,
+        backend: BackendRuntime,
+        listeners: list[trio.SocketListener],
+        log: LogSink,
+        connection_slots: trio.Semaphore,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.backend = backend
+        self.listeners = listeners
+        self.log = log
+        self.counters = Counters()
+        self.draining = False
+        #: the cancel scopes of connections idling between requests, cancelled by a drain
+        self.idle_scopes: set[trio.CancelScope] = set()
+        self.connections_done = trio.Event()
+        self._slots = connection_slots
+        self._next_id = 0
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        return tuple(_listener_address(listener) for listener in self.listeners)
+
+    async def run(self, connection_nursery: trio.Nursery) -> None:
+        """Accept on every listener until they are closed; connections go to ``connection_nursery``."""
+        async with trio.open_nursery() as nursery:
+            for listener in self.listeners:
+                nursery.start_soon(self._accept_loop, listener, connection_nursery)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                stream = await listener.accept()
+            except trio.ClosedResourceError:
+                self._slots.release()
+                return
+            except OSError as exc:
+                self._slots.release()
+                if exc.errno not in _RESOURCE_ERRNOS:
+                    raise
+                self.log.error(f"frontend {self.name}: accept failed: {exc}; retrying")
+                await trio.sleep(_ACCEPT_BACKOFF)
+                continue
+            nursery.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        """The error boundary of one connection: whatever happens, it ends here, logged once."""
+        counters = self.counters
+        counters.current_connections += 1
+        counters.total_connections += 1
+        self._next_id += 1
+        conn_id = self._next_id
+        try:
+            peer = _peer(stream.socket.getpeername())
+            local_port = _peer(stream.socket.getsockname())[1]
+            await ClientSession(stream, self, peer, local_port).run()
+        except Exception as exc:
+            self.log.error(f"frontend {self.name} connection #{conn_id}: internal error: {exc!r}")
+            self.log.debug(traceback.format_exc())
+            await trio.aclose_forcefully(stream)
+        finally:
+            counters.current_connections -= 1
+            self._slots.release()
+            if self.draining and counters.current_connections == 0:
+                self.connections_done.set()
+
+    def start_drain(self) -> None:
+        """Stop accepting and wake idle keep-alive connections so they close."""
+        self.draining = True
+        for listener in self.listeners:
+            listener.socket.close()
+        for scope in list(self.idle_scopes):
+            scope.cancel()
+        if self.counters.current_connections == 0:
+            self.connections_done.set()
+
+    def statistics(self) -> FrontendStatistics:
+        return FrontendStatistics(
+            name=self.name,
+            addresses=tuple(str(a) for a in self.addresses),
+            traffic=self.counters.snapshot(),
+        )
+
+
+def _peer(name: object) -> tuple[str, int]:
+    if isinstance(name, tuple):
+        return str(name[0]), int(name[1])
+    return "unix", 0
+
+
+def _listener_address(listener: trio.SocketListener) -> Address:
+    name = listener.socket.getsockname()
+    if isinstance(name, tuple):
+        return Address(host=name[0], port=name[1])
+    return Address(path=str(name))
+
+
+async def open_listeners(config: FrontendConfig) -> list[trio.SocketListener]:
+    """Bind every address of a frontend; on any failure close what was opened and say which."""
+    listeners: list[trio.SocketListener] = []
+    try:
+        for index, address in enumerate(config.bind):
+            try:
+                if address.path is not None:
+                    listeners.append(await _open_unix_listener(address.path))
+                else:
+                    listeners.extend(
+                        await trio.open_tcp_listeners(
+                            address.port, host=address.host, backlog=BACKLOG
+                        )
+                    )
+            except OSError as exc:
+                raise StartupError(
+                    f"frontends.{config.name}.bind[{index}]: cannot listen on {address}: {exc.strerror or exc}"
+                ) from None
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+async def _open_unix_listener(path: str) -> trio.SocketListener:
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)  # a stale socket from an earlier run; never any other file
+        await sock.bind(path)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)

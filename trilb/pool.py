@@ -1,0 +1,93 @@
+"""Pooled keep-alive connections to one server.
+
+"Decide, then do" (as in httpcore): :class:`IdlePool` is synchronous bookkeeping that hands back the
+connection to use and the connections to close; the caller performs the closing. So a cancellation
+can never leave the pool half-updated.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import h11
+import trio
+
+__all__ = ["IdlePool", "ServerConnection"]
+
+
+class ServerConnection:
+    """A connection to a server with its h11 client state."""
+
+    __slots__ = ("h11", "idle_since", "stream")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+
+    def is_reusable(self) -> bool:
+        """After a cycle: both sides finished cleanly and neither asked to close."""
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    def looks_closed(self) -> bool:
+        """An idle connection with something to read has been closed (or spoken out of turn) by
+        the server: either way it must not carry a request."""
+        try:
+            return self.stream.socket.is_readable()
+        except OSError:
+            return True
+
+    def close(self) -> None:
+        """Close now, without the checkpoint of ``aclose`` (pool clean-up is synchronous)."""
+        self.stream.socket.close()
+
+
+class IdlePool:
+    """Idle connections to one server, most recently used first (the warmest, least likely to
+    have been closed by the server's own keep-alive timeout)."""
+
+    __slots__ = ("_idle", "idle_timeout", "max_idle")
+
+    def __init__(self, max_idle: int, idle_timeout: float) -> None:
+        self._idle: collections.deque[ServerConnection] = collections.deque()
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def take(self, now: float) -> tuple[ServerConnection | None, list[ServerConnection]]:
+        """A live idle connection (or None), and the dead or expired ones to close."""
+        discard: list[ServerConnection] = []
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if now - conn.idle_since > self.idle_timeout or conn.looks_closed():
+                discard.append(conn)
+                continue
+            discard.extend(self._expire(now))
+            return conn, discard
+        return None, discard
+
+    def put(self, conn: ServerConnection, now: float) -> list[ServerConnection]:
+        """Keep ``conn`` for reuse; returns the connections that must be closed instead."""
+        conn.h11.start_next_cycle()
+        conn.idle_since = now
+        self._idle.append(conn)
+        discard = self._expire(now)
+        while len(self._idle) > self.max_idle:
+            discard.append(self._idle.popleft())
+        return discard
+
+    def _expire(self, now: float) -> list[ServerConnection]:
+        idle = self._idle
+        expired = []
+        while idle and now - idle[0].idle_since > self.idle_timeout:
+            expired.append(idle.popleft())
+        return expired
+
+    def drain(self) -> list[ServerConnection]:
+        """Everything, for shutdown."""
+        conns = list(self._idle)
+        self._idle.clear()
+        return conns
