@@ -20,7 +20,7 @@ from .backend import BackendRuntime, resolve_backend
 from .config import Address, Config
 from .frontend import FrontendRuntime, open_listeners
 from .logsink import LogSink
-from .stats import Statistics
+from .stats import Counters, Statistics
 
 __all__ = ["Balancer", "open_balancer", "serve"]
 
@@ -137,6 +137,7 @@ async def serve(
         backends[backend_config.name] = await resolve_backend(backend_config)
     # Connections beyond the global cap wait in the kernel's listen backlog.
     slots = trio.Semaphore(config.global_.max_connections)
+    totals = Counters()
     frontends: list[FrontendRuntime] = []
     try:
         for fe_config in config.frontends:
@@ -144,7 +145,7 @@ async def serve(
             listeners = await open_listeners(fe_config)
             frontends.append(
                 FrontendRuntime(
-                    fe_config, backends[fe_config.default_backend], listeners, log, slots
+                    fe_config, backends[fe_config.default_backend], listeners, log, slots, totals
                 )
             )
     except BaseException:

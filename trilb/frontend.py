@@ -41,6 +41,7 @@ class FrontendRuntime:
         listeners: list[trio.SocketListener],
         log: LogSink,
         connection_slots: trio.Semaphore,
+        totals: Counters,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -53,7 +54,13 @@ class FrontendRuntime:
         self.idle_scopes: set[trio.CancelScope] = set()
         self.connections_done = trio.Event()
         self._slots = connection_slots
+        self._totals = totals  # shared by every frontend of the balancer
         self._next_id = 0
+
+    @property
+    def active_connections(self) -> int:
+        """Client connections open on the whole balancer (HAProxy's actconn)."""
+        return self._totals.current_connections
 
     @property
     def addresses(self) -> tuple[Address, ...]:
@@ -66,6 +73,7 @@ class FrontendRuntime:
                 nursery.start_soon(self._accept_loop, listener, connection_nursery)
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        port = _listener_address(listener).port  # the local port of every connection it accepts
         while True:
             await self._slots.acquire()
             try:
@@ -80,25 +88,26 @@ class FrontendRuntime:
                 self.log.error(f"frontend {self.name}: accept failed: {exc}; retrying")
                 await trio.sleep(_ACCEPT_BACKOFF)
                 continue
-            nursery.start_soon(self._handle, stream)
+            nursery.start_soon(self._handle, stream, port)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.SocketStream, local_port: int) -> None:
         """The error boundary of one connection: whatever happens, it ends here, logged once."""
         counters = self.counters
         counters.current_connections += 1
         counters.total_connections += 1
+        self._totals.current_connections += 1
         self._next_id += 1
         conn_id = self._next_id
         try:
             peer = _peer(stream.socket.getpeername())
-            local_port = _peer(stream.socket.getsockname())[1]
             await ClientSession(stream, self, peer, local_port).run()
         except Exception as exc:
             self.log.error(f"frontend {self.name} connection #{conn_id}: internal error: {exc!r}")
             self.log.debug(traceback.format_exc())
-            await trio.aclose_forcefully(stream)
+            stream.socket.close()
         finally:
             counters.current_connections -= 1
+            self._totals.current_connections -= 1
             self._slots.release()
             if self.draining and counters.current_connections == 0:
                 self.connections_done.set()

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +68,7 @@ _SERVER = ServerConfig(name="", address=Address())
 _NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 
 _EMPTY: Mapping[str, Any] = {}
+_SERVER_SHAPE = '{ name = "s1", address = "10.0.0.1:80" }'
 
 #: error messages show at most this much of a value, so a huge inline table stays one line
 _SHOW_LIMIT = 60
@@ -134,24 +135,18 @@ def _related(a: str, b: str) -> bool:
     return a == b or a.startswith((b + ".", b + "["))
 
 
+@attrs.define
 class _Table:
     """One TOML table being read. Getters record problems instead of raising, so one pass finds all.
 
     Every key a getter is asked for is a key valid here; :meth:`finish` reports the others.
     """
 
-    def __init__(
-        self,
-        data: Mapping[str, Any],
-        path: str,
-        problems: list[ConfigProblem],
-        planned: Iterable[str] = (),
-    ) -> None:
-        self.data = data
-        self.path = path
-        self.problems = problems
-        self._planned = tuple(planned)
-        self._known: list[str] = []
+    data: Mapping[str, Any]
+    path: str
+    problems: list[ConfigProblem]
+    planned: tuple[str, ...] = ()
+    known: list[str] = attrs.field(factory=list, init=False)
 
     def key_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -161,7 +156,7 @@ class _Table:
 
     def get(self, key: str, check: Callable[[Any], T], default: T, *, required: bool = False) -> T:
         """``check(value)`` for a key that is present, else ``default``; problems are recorded."""
-        self._known.append(key)
+        self.known.append(key)
         if key not in self.data:
             if required:
                 self.problem(self.key_path(key), "required")
@@ -176,7 +171,7 @@ class _Table:
         """A sub-table; an empty one when it is absent or not a table."""
         return _Table(self.get(key, _mapping, _EMPTY), self.key_path(key), self.problems)
 
-    def named(self, key: str, planned: Iterable[str]) -> list[tuple[str, _Table | None]]:
+    def named(self, key: str, planned: tuple[str, ...]) -> list[tuple[str, _Table | None]]:
         """The entries of a table of named tables (``[frontends.NAME]``); None for a broken one."""
         entries = self.table(key)
         result: list[tuple[str, _Table | None]] = []
@@ -196,12 +191,12 @@ class _Table:
     def finish(self) -> None:
         """Report every key no getter asked for."""
         for key in self.data:
-            if key in self._known:
+            if key in self.known:
                 continue
-            if key in self._planned:
+            if key in self.planned:
                 self.problem(self.key_path(key), _PLANNED)
             else:
-                hint = did_you_mean(key, [*self._known, *self._planned])
+                hint = did_you_mean(key, [*self.known, *self.planned])
                 self.problem(self.key_path(key), f"unknown key{hint}")
 
 
@@ -273,9 +268,8 @@ def _size(low: int) -> Callable[[object], int]:
     return check
 
 
-def _choice(choices: tuple[S, ...], planned: Iterable[str] = ()) -> Callable[[object], S]:
+def _choice(choices: tuple[S, ...], planned: tuple[str, ...] = ()) -> Callable[[object], S]:
     """One of ``choices``; a ``planned`` value (or prefix, when it ends with ":") is not-yet."""
-    planned = tuple(planned)
     supported = ", ".join(_show(choice) for choice in choices)
 
     def check(value: object) -> S:
@@ -302,10 +296,7 @@ def _workers(value: object) -> int:
 
 def _list(value: object) -> list[Any]:
     if not isinstance(value, list):
-        raise ValueError(
-            f'must be an array of tables like [{{ name = "s1", address = "10.0.0.1:80" }}], '
-            f"got {_show(value)}"
-        )
+        raise ValueError(f"must be an array of tables like [{_SERVER_SHAPE}], got {_show(value)}")
     return value
 
 
@@ -329,7 +320,7 @@ def _server_address(value: object) -> Address:
 
 _RETRIES = _int(0, 100)
 _POOL_MAX_IDLE = _int(0)
-_MODE = _choice(MODES, planned=["tcp"])
+_MODE = _choice(MODES, planned=("tcp",))
 _BALANCE = _choice(BALANCE_ALGORITHMS, _PLANNED_BALANCE)
 _TIMEOUT_FIELDS = tuple(field.name for field in attrs.fields(Timeouts))
 
@@ -384,7 +375,9 @@ class _Loader:
         ]
         backends = [
             # a broken backend still has its name, so references to it are not reported too
-            self.backend(name, table, defaults) if table else BackendConfig(name=name, servers=())
+            self.backend(name, table, defaults)
+            if table is not None
+            else BackendConfig(name=name, servers=())
             for name, table in root.named("backends", _PLANNED_BACKEND)
         ]
         root.finish()
@@ -417,7 +410,7 @@ class _Loader:
     def log(self, table: _Table) -> LogConfig:
         default = LogConfig()
         target = table.get(
-            "target", _choice(LOG_TARGETS, planned=["file:", "syslog:"]), default.target
+            "target", _choice(LOG_TARGETS, planned=("file:", "syslog:")), default.target
         )
         format_ = table.get("format", _choice(LOG_FORMATS), default.format)
         table.finish()
@@ -492,8 +485,7 @@ class _Loader:
             if isinstance(item, Mapping):
                 servers.append(self.server(_Table(item, path, self.problems, _PLANNED_SERVER)))
             else:
-                shape = '{ name = "s1", address = "10.0.0.1:80" }'
-                table.problem(path, f"must be a table like {shape}, got {_show(item)}")
+                table.problem(path, f"must be a table like {_SERVER_SHAPE}, got {_show(item)}")
                 servers.append(ServerConfig(name=f"#{index}", address=Address()))  # placeholder
         return servers
 

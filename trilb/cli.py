@@ -1,0 +1,133 @@
+"""The ``trilb`` command: serve, check, demo.
+
+Errors a user can cause (bad config, port in use) print one clear message each and exit non-zero;
+no traceback, ever, for those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+
+import trio
+
+from ._version import __version__
+from .balancer import Balancer, serve
+from .config import Config, load_config
+from .errors import ConfigError, TrilbError
+from .logsink import NORMAL, QUIET, VERBOSE, LogSink
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+
+StartBalancer = Callable[..., Awaitable[None]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trilb", description="A load balancer and reverse proxy built on Trio."
+    )
+    parser.add_argument("--version", action="version", version=f"trilb {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="also log debug messages")
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="log only errors (and the access log)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cmd = commands.add_parser("serve", help="run the balancer in the foreground")
+    serve_cmd.add_argument("config", help="path to config.toml")
+    serve_cmd.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, how long requests in flight may take to finish (default 30)",
+    )
+    check_cmd = commands.add_parser("check", help="validate a config file and exit (0 = valid)")
+    check_cmd.add_argument("config", help="path to config.toml")
+    demo_cmd = commands.add_parser(
+        "demo", help="run a balancer in front of two built-in demo web servers"
+    )
+    demo_cmd.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    demo_cmd.add_argument("--backends", type=int, default=2, help="demo servers (default 2)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    verbosity = VERBOSE if args.verbose else QUIET if args.quiet else NORMAL
+    try:
+        if args.command == "check":
+            return _check(args.config)
+        if args.command == "serve":
+            config = load_config(args.config)
+            log = LogSink(config.log.target, config.log.format, verbosity=verbosity)
+            start: StartBalancer = functools.partial(serve, config, log=log)
+            trio.run(_run_until_signalled, start, log, args.grace)
+            return EXIT_OK
+        if args.command == "demo":
+            from .demo import run_demo
+
+            log = LogSink("stdout", "haproxy", verbosity=verbosity)
+            start = functools.partial(run_demo, args.port, max(1, args.backends), log=log)
+            trio.run(_run_until_signalled, start, log, 5.0)
+            return EXIT_OK
+    except ConfigError as exc:
+        _print_config_errors(getattr(args, "config", "config"), exc)
+        return EXIT_CONFIG
+    except TrilbError as exc:
+        print(f"trilb: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+    raise AssertionError(args.command)  # argparse only accepts the commands above
+
+
+def _check(path: str) -> int:
+    config = load_config(path)
+    print(f"{path}: configuration is valid ({_summary(config)})")
+    return EXIT_OK
+
+
+def _summary(config: Config) -> str:
+    servers = sum(len(b.servers) for b in config.backends)
+    binds = sum(len(f.bind) for f in config.frontends)
+    return (
+        f"{len(config.frontends)} frontend(s) on {binds} address(es), "
+        f"{len(config.backends)} backend(s) with {servers} server(s)"
+    )
+
+
+def _print_config_errors(path: str, exc: ConfigError) -> None:
+    count = len(exc.problems)
+    print(f"trilb: {path}: {count} error{'s' if count != 1 else ''}:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+async def _run_until_signalled(start: StartBalancer, log: LogSink, grace: float) -> None:
+    """Run the balancer; the first SIGINT/SIGTERM drains it, a second one stops it at once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            lb: Balancer = await nursery.start(start)
+
+            async def drain_then_stop() -> None:
+                await lb.drain(grace)
+                nursery.cancel_scope.cancel()
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if not lb.draining:
+                        log.info(
+                            f"{signal.Signals(signum).name} received: draining (again to stop now)"
+                        )
+                        nursery.start_soon(drain_then_stop)
+                    else:
+                        log.info(f"{signal.Signals(signum).name} received again: stopping now")
+                        nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)

@@ -1,0 +1,563 @@
+"""One HTTP exchange: a client's request relayed to a server, and the response relayed back.
+
+h11 parses the heads and chunked bodies; :mod:`trilb.core.http1` writes what goes out. A
+``Content-Length`` body is relayed as raw bytes with a countdown (no per-chunk parsing), which is
+what lets trilb move bulk data near the speed of a plain byte relay.
+
+Timeouts: a request without a body runs under one cancel scope whose deadline moves with each wait
+(``timeout_server`` while the server has the turn, ``timeout_client`` while writing to the client),
+and ``self.phase`` records whose turn it was, so that a deadline is turned into the right answer
+(504 before the response started, a cut connection after). Creating a cancel scope per read costs
+more than the read on this path, hence the one moving deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import h11
+import trio
+
+from .core.accesslog import RequestLog, millis
+from .core.headers import request_headers_for_server, response_headers_for_client
+from .core.http1 import (
+    LAST_CHUNK,
+    Framing,
+    client_keeps_alive,
+    encode_chunk,
+    request_head,
+    response_framing,
+    response_head,
+)
+from .core.responses import error_body, error_headers
+from .pool import ServerConnection
+
+if TYPE_CHECKING:
+    from .backend import ServerRuntime
+    from .http_proxy import ClientSession
+
+__all__ = ["Exchange"]
+
+#: RFC 9110 section 9.2.2: requests that may be sent again when a reused server connection turns
+#: out to have been closed before the server said anything
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+#: bytes per read from either side: large enough for bulk throughput, small enough that thousands
+#: of connections' in-flight buffers stay within tens of MB
+RECEIVE_SIZE = 256 * 1024
+#: a server's response head may not exceed this (h11 refuses larger incomplete heads)
+MAX_RESPONSE_HEAD = 64 * 1024
+
+_EOM = h11.EndOfMessage()
+_PRIMER_HEADERS = [(b"Host", b"trilb")]
+_PRIMERS = {
+    m: h11.Request(method=m, target=b"/", headers=_PRIMER_HEADERS)
+    for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE")
+}
+_CHUNKED_HEADER = (b"Transfer-Encoding", b"chunked")
+_CLOSE_HEADER = (b"Connection", b"close")
+_KEEP_ALIVE_HEADER = (b"Connection", b"keep-alive")
+
+# Phases, for turning a deadline into the right outcome.
+SERVER_TURN, SERVER_BODY, CLIENT_SEND = "server", "server-body", "client-send"
+
+
+def _response_parser(method: bytes) -> h11.Connection:
+    """An h11 client connection primed as if it had sent a request with ``method``: h11 then
+    parses the response with the right framing rules (a HEAD response has no body)."""
+    parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+    primer = _PRIMERS.get(method) or h11.Request(
+        method=method, target=b"/", headers=_PRIMER_HEADERS
+    )
+    parser.send(primer)
+    parser.send(_EOM)
+    return parser
+
+
+class ClientGone(Exception):
+    """The client side failed (closed, reset, timed out): nothing more can be said to it."""
+
+    def __init__(self, termination: str) -> None:
+        super().__init__(termination)
+        self.termination = termination
+
+
+class ServerFailed(Exception):
+    """The server failed before its response head reached us: the client gets ``status``."""
+
+    def __init__(
+        self, status: int, termination: str, reason: str, *, replayable: bool = False
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.termination = termination
+        self.reason = reason
+        self.replayable = replayable  # a reused connection closed before the server said a word
+
+
+class ResponseBroken(Exception):
+    """The exchange broke after the response head was sent: the client connection must be cut."""
+
+    def __init__(self, termination: str, reason: str) -> None:
+        super().__init__(reason)
+        self.termination = termination
+        self.reason = reason
+
+
+class Exchange:
+    """The state of one request while it is relayed."""
+
+    __slots__ = (
+        "body_left",
+        "chunked",
+        "keep_client",
+        "parser",
+        "phase",
+        "record",
+        "request",
+        "request_done",
+        "responded",
+        "scope",
+        "session",
+        "started",
+    )
+
+    def __init__(
+        self,
+        session: ClientSession,
+        parser: h11.Connection,
+        request: h11.Request,
+        record: RequestLog,
+        started: float,
+    ) -> None:
+        self.session = session
+        self.parser = parser  # h11 server-side connection that parsed the request
+        self.request = request
+        self.record = record
+        self.started = started
+        self.scope = trio.CancelScope()
+        self.phase = SERVER_TURN
+        self.responded = False  # the response head went out to the client
+        self.chunked = False
+        self.body_left = 0  # Content-Length bytes of the request body not yet relayed
+        for name, value in request.headers:
+            if name == b"transfer-encoding":
+                self.chunked = True
+            elif name == b"content-length":
+                self.body_left = int(value)
+        self.request_done = not (self.chunked or self.body_left)
+        self.keep_client = client_keeps_alive(request.http_version, request.headers)
+
+    # -- choosing a server and retrying ---------------------------------------------------------
+
+    async def run(self) -> bool:
+        """Relay the request; True when the client connection may carry another one."""
+        session = self.session
+        fe = session.frontend
+        backend = fe.backend
+        record = self.record
+        record.backend = backend.name
+        if self.request_done:
+            end = self.parser.next_event()  # a request without a body ends with its head
+            assert isinstance(end, h11.EndOfMessage), end
+            pipelined = self.parser.trailing_data[0]
+            if pipelined:
+                session.buffer = bytearray(pipelined)
+        request = self.request
+        head = request_head(
+            request.method,
+            request.target,
+            request_headers_for_server(
+                request.headers.raw_items(), chunked=self.chunked, forwarded=session.forwarded
+            ),
+        )
+        replayable = request.method in IDEMPOTENT and self.request_done
+        tried: set[int] = set()
+        failures = 0
+        retries = backend.config.retries
+        backend.counters.total_requests += 1
+        while True:
+            server = backend.pick(tried)
+            if server is None:
+                return await self._answer_error(503, "SC", "no server available")
+            record.server = server.name
+            tried.add(server.index)
+            try:
+                upstream, reused = await self._server_connection(server)
+            except OSError as exc:
+                server.counters.connect_errors += 1
+                failures += 1
+                session.log.warning(
+                    f"backend {backend.name}/{server.name}: connect failed "
+                    f"(attempt {failures} of {retries + 1}): {exc or type(exc).__name__}"
+                )
+                if failures > retries:
+                    return await self._answer_error(503, "SC", "no server could be reached")
+                record.retries += 1
+                continue
+            try:
+                return await self._exchange(server, upstream, head)
+            except ServerFailed as failure:
+                upstream.close()
+                if failure.replayable and reused and replayable:
+                    tried.discard(server.index)  # a stale pooled connection: not the server's fault
+                    continue
+                server.counters.count_response(failure.status)
+                session.log.warning(
+                    f"backend {backend.name}/{server.name}: {failure.reason}; "
+                    f"answered {failure.status}"
+                )
+                return await self._answer_error(failure.status, failure.termination, None)
+
+    async def _server_connection(self, server: ServerRuntime) -> tuple[ServerConnection, bool]:
+        now = time.monotonic()
+        conn, stale = server.pool.take(now)
+        for old in stale:
+            old.close()
+        record = self.record
+        record.t_queue = 0
+        if conn is not None:
+            record.t_connect = 0
+            return conn, True
+        conn = await server.connect(self.session.frontend.backend.config.timeouts.connect)
+        record.t_connect = millis(now, time.monotonic())
+        server.counters.total_connections += 1
+        return conn, False
+
+    # -- one attempt ----------------------------------------------------------------------------
+
+    async def _exchange(
+        self, server: ServerRuntime, upstream: ServerConnection, head: bytes
+    ) -> bool:
+        session = self.session
+        backend = session.frontend.backend
+        counters = server.counters
+        counters.current_requests += 1
+        counters.total_requests += 1
+        backend.counters.current_requests += 1
+        record = self.record
+        self.scope = trio.CancelScope()  # one per attempt: a scope can be entered only once
+        try:
+            with self.scope:
+                if self.request_done:
+                    await self._send_server(upstream, head, server)
+                    server_reusable = await self._relay_response(upstream, server)
+                else:
+                    server_reusable = await self._relay_with_body(upstream, server, head)
+            if self.scope.cancelled_caught:
+                raise self._timed_out()
+        except (ResponseBroken, ClientGone) as exc:
+            upstream.close()
+            record.termination = exc.termination
+            if isinstance(exc, ResponseBroken):
+                session.log.warning(
+                    f"{session.client_ip}:{session.client_port} {backend.name}/{server.name}: "
+                    f"response cut short: {exc.reason}"
+                )
+            return False
+        finally:
+            record.srv_conn = counters.current_requests
+            record.beconn = backend.counters.current_requests
+            counters.current_requests -= 1
+            backend.counters.current_requests -= 1
+        counters.count_response(record.status)
+        backend.counters.count_response(record.status)
+        if server_reusable and self.request_done:
+            for old in server.pool.put(upstream, time.monotonic()):
+                old.close()
+        else:
+            upstream.close()
+        return self.keep_client and self.request_done
+
+    def _timed_out(self) -> Exception:
+        """The exception that a deadline of this request's scope stands for."""
+        if self.phase == CLIENT_SEND:
+            return ClientGone("cD")
+        timeout = self.session.frontend.backend.config.timeouts.server
+        if self.responded:
+            return ResponseBroken("sD", f"server sent nothing for {timeout:g}s")
+        return ServerFailed(504, "sH", f"no response within {timeout:g}s")
+
+    async def _relay_with_body(
+        self, upstream: ServerConnection, server: ServerRuntime, head: bytes
+    ) -> bool:
+        """Upload and download at once: a server may answer (413, 100-continue, an early error)
+        before it has read the body. Errors come out one at a time, never as a group."""
+        upload_error: ClientGone | None = None
+        download_error: Exception | None = None
+        reusable = False
+        await self._send_server(upstream, head, server)
+        async with trio.open_nursery() as nursery:
+
+            async def upload() -> None:
+                nonlocal upload_error
+                try:
+                    await self._upload(upstream, server)
+                except ClientGone as exc:
+                    upload_error = exc
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(upload)
+            try:
+                reusable = await self._relay_response(upstream, server)
+            except (ServerFailed, ResponseBroken, ClientGone) as exc:
+                download_error = exc
+            # Still uploading means the server answered without reading it all: self.request_done
+            # stays False, so neither connection is reused.
+            nursery.cancel_scope.cancel()
+        if upload_error is not None:
+            raise upload_error
+        if download_error is not None:
+            raise download_error
+        return reusable
+
+    async def _upload(self, upstream: ServerConnection, server: ServerRuntime) -> None:
+        """Stream the request body to the server (beside :meth:`_relay_response`)."""
+        session = self.session
+        limit = session.limits.max_request_body
+        timeout = session.timeouts.client
+        if not self.chunked:  # Content-Length: relay raw bytes with a countdown
+            data = self.parser.trailing_data[0]
+            while True:
+                if len(data) > self.body_left:  # the client pipelined its next request
+                    session.buffer = bytearray(data[self.body_left :])
+                    data = data[: self.body_left]
+                if data:
+                    self.body_left -= len(data)
+                    if not await self._upload_bytes(upstream, data, server):
+                        return
+                if not self.body_left:
+                    self.request_done = True
+                    return
+                with trio.move_on_after(timeout) as scope:
+                    data = await session.receive_client()
+                if scope.cancelled_caught:
+                    raise ClientGone("cD")
+                if not data:
+                    raise ClientGone("CD")
+        parser = self.parser
+        sent = 0
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError:
+                raise ClientGone("PD") from None  # malformed chunked body: cut the request
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(timeout) as scope:
+                    data = await session.receive_client()
+                if scope.cancelled_caught:
+                    raise ClientGone("cD")
+                parser.receive_data(data)
+            elif isinstance(event, h11.Data):
+                sent += len(event.data)
+                if limit is not None and sent > limit:
+                    raise ClientGone("PD")  # chunked body over max_request_body: cut it
+                if not await self._upload_bytes(upstream, encode_chunk(event.data), server):
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                session.buffer = bytearray(parser.trailing_data[0])
+                if await self._upload_bytes(upstream, LAST_CHUNK, server):
+                    self.request_done = True
+                return
+            else:
+                raise ClientGone("CD")  # the client closed in the middle of its body
+
+    async def _upload_bytes(
+        self, upstream: ServerConnection, data: bytes, server: ServerRuntime
+    ) -> bool:
+        """False when the server stopped reading: its answer (or silence) decides what follows."""
+        timeout = self.session.frontend.backend.config.timeouts.server
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await upstream.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+        server.counters.bytes_out += len(data)
+        # Bytes flowing to the server count as activity: the server is not expected to answer
+        # before it has the body, however long a slow client takes to send it.
+        self.scope.deadline = trio.current_time() + timeout
+        return not scope.cancelled_caught
+
+    # -- the response ---------------------------------------------------------------------------
+
+    async def _relay_response(self, upstream: ServerConnection, server: ServerRuntime) -> bool:
+        """Relay the response head and body; True when the server connection can be reused."""
+        session = self.session
+        request = self.request
+        record = self.record
+        parser = _response_parser(request.method)
+        got_bytes = False
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                if not got_bytes:
+                    raise ServerFailed(
+                        502, "SH", "closed before answering", replayable=True
+                    ) from None
+                raise ServerFailed(502, "SH", f"invalid response: {exc}") from None
+            if event is h11.NEED_DATA:
+                data = await self._receive_server(upstream, server, SERVER_TURN)
+                got_bytes = got_bytes or bool(data)
+                parser.receive_data(data)
+            elif isinstance(event, h11.InformationalResponse):
+                if request.http_version == b"1.1":  # 1xx must not go to HTTP/1.0 clients
+                    await self._send_client(
+                        response_head(event.status_code, event.reason, event.headers.raw_items())
+                    )
+            elif isinstance(event, h11.Response):
+                break
+            else:  # pragma: no cover - h11 yields nothing else before a response
+                raise ServerFailed(502, "SH", f"unexpected {type(event).__name__}")
+        record.t_response = millis(self.started, time.monotonic())
+        record.status = event.status_code
+        framing, length = response_framing(request.method, event.status_code, event.headers)
+        server_keeps_alive = client_keeps_alive(event.http_version, event.headers)
+        headers = response_headers_for_client(event.headers.raw_items())
+        to_chunk = False
+        if framing is Framing.CHUNKED or framing is Framing.UNTIL_CLOSE:
+            if request.http_version == b"1.1":
+                headers.append(_CHUNKED_HEADER)
+                to_chunk = True
+            else:
+                self.keep_client = False  # HTTP/1.0 knows no chunks: the body ends at close
+        if session.frontend.draining:
+            self.keep_client = False
+        if not self.keep_client:
+            headers.append(_CLOSE_HEADER)
+        elif request.http_version != b"1.1":
+            headers.append(_KEEP_ALIVE_HEADER)
+        out = response_head(event.status_code, event.reason, headers)
+        self.responded = True
+        if framing is Framing.NONE:
+            await self._send_client(out)
+            return server_keeps_alive
+        if framing is Framing.LENGTH:
+            return (
+                await self._relay_length(upstream, server, parser, out, length)
+                and server_keeps_alive
+            )
+        return (
+            await self._relay_parsed(upstream, server, parser, out, to_chunk) and server_keeps_alive
+        )
+
+    async def _relay_length(
+        self,
+        upstream: ServerConnection,
+        server: ServerRuntime,
+        parser: h11.Connection,
+        out: bytes,
+        length: int,
+    ) -> bool:
+        """A Content-Length body: raw bytes with a countdown. False if the server sent extra."""
+        data = parser.trailing_data[0]
+        extra = len(data) > length
+        if extra:
+            data = data[:length]
+        left = length - len(data)
+        await self._send_client(out + data)
+        while left:
+            data = await self._receive_server(upstream, server, SERVER_BODY)
+            if not data:
+                raise ResponseBroken("SD", f"server closed with {left} bytes of the body unsent")
+            if len(data) > left:
+                extra = True
+                data = data[:left]
+            left -= len(data)
+            await self._send_client(data)
+        return not extra
+
+    async def _relay_parsed(
+        self,
+        upstream: ServerConnection,
+        server: ServerRuntime,
+        parser: h11.Connection,
+        out: bytes,
+        to_chunk: bool,
+    ) -> bool:
+        """A chunked or until-close body, decoded by h11, re-chunked for HTTP/1.1 clients."""
+        pending = [out]
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ResponseBroken("SD", f"bad response body: {exc}") from None
+            if event is h11.NEED_DATA:
+                await self._send_client(b"".join(pending))
+                pending.clear()
+                parser.receive_data(await self._receive_server(upstream, server, SERVER_BODY))
+            elif isinstance(event, h11.Data):
+                pending.append(encode_chunk(event.data) if to_chunk else event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                if to_chunk:
+                    pending.append(LAST_CHUNK)
+                await self._send_client(b"".join(pending))
+                return parser.their_state is h11.DONE
+            else:
+                raise ResponseBroken("SD", f"unexpected {type(event).__name__} from server")
+
+    # -- moving bytes under the moving deadline -------------------------------------------------
+
+    async def _receive_server(
+        self, upstream: ServerConnection, server: ServerRuntime, phase: str
+    ) -> bytes:
+        self.phase = phase
+        self.scope.deadline = (
+            trio.current_time() + self.session.frontend.backend.config.timeouts.server
+        )
+        try:
+            data = await upstream.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if self.responded:
+                raise ResponseBroken("SD", f"server connection broke: {exc}") from None
+            raise ServerFailed(
+                502, "SH", f"server connection broke: {exc}", replayable=True
+            ) from None
+        server.counters.bytes_in += len(data)
+        return data
+
+    async def _send_server(
+        self, upstream: ServerConnection, data: bytes, server: ServerRuntime
+    ) -> None:
+        self.phase = SERVER_TURN
+        self.scope.deadline = (
+            trio.current_time() + self.session.frontend.backend.config.timeouts.server
+        )
+        try:
+            await upstream.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ServerFailed(
+                502, "SH", f"server connection broke: {exc}", replayable=True
+            ) from exc
+        server.counters.bytes_out += len(data)
+
+    async def _send_client(self, data: bytes) -> None:
+        self.phase = CLIENT_SEND
+        self.scope.deadline = trio.current_time() + self.session.timeouts.client
+        await self.session.send_client(data)
+        self.record.bytes_out += len(data)
+
+    async def _answer_error(self, status: int, termination: str, reason: str | None) -> bool:
+        """Answer with trilb's own error page; the connection goes on if the request was read."""
+        session = self.session
+        record = self.record
+        record.status = status
+        record.termination = termination
+        if reason is not None:
+            session.log.warning(
+                f"{session.client_ip}:{session.client_port} frontend {session.frontend.name} "
+                f"backend {record.backend}: {reason}; answered {status}"
+            )
+        keep = self.keep_client and self.request_done and not session.frontend.draining
+        data = response_head(status, b"", error_headers(status, close=not keep)) + error_body(
+            status
+        )
+        session.frontend.backend.counters.count_response(status)
+        with trio.move_on_after(session.timeouts.client) as scope:
+            try:
+                await session.send_client(data)
+            except ClientGone as gone:
+                record.termination = gone.termination
+                return False
+        record.bytes_out += len(data)
+        return keep and not scope.cancelled_caught
