@@ -10,6 +10,7 @@ import trio
 from .config import BackendConfig, ServerConfig
 from .core.balance import Algorithm, make_algorithm
 from .errors import ConfigError
+from .net import connect
 from .pool import IdlePool, ServerConnection
 from .stats import BackendStatistics, Counters, ServerStatistics
 
@@ -35,16 +36,9 @@ class ServerRuntime:
 
     async def connect(self, timeout: float) -> ServerConnection:
         """A new connection; raises OSError (incl. TimeoutError) when the server can't be reached."""
-        sock = trio.socket.socket(self.family, socket.SOCK_STREAM)
-        try:
-            with trio.move_on_after(timeout) as scope:
-                await sock.connect(self.sockaddr)
-            if scope.cancelled_caught:
-                raise TimeoutError(f"no connection within {timeout:g}s")
-        except BaseException:
-            sock.close()
-            raise
-        return ServerConnection(trio.SocketStream(sock))
+        with trio.move_on_after(timeout):
+            return ServerConnection(await connect(self.family, self.sockaddr))
+        raise TimeoutError(f"no connection within {timeout:g}s")
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(

@@ -102,7 +102,7 @@ class Balancer:
         finally:
             for fe in self._frontends:
                 for listener in fe.listeners:
-                    listener.socket.close()
+                    listener.close()
             for backend in self._backends.values():
                 backend.close_idle()
             self._stopped.set()
@@ -142,7 +142,7 @@ async def serve(
     try:
         for fe_config in config.frontends:
             assert fe_config.default_backend is not None  # checked when the Config was made
-            listeners = await open_listeners(fe_config)
+            listeners = open_listeners(fe_config)
             frontends.append(
                 FrontendRuntime(
                     fe_config, backends[fe_config.default_backend], listeners, log, slots, totals
@@ -151,7 +151,7 @@ async def serve(
     except BaseException:
         for fe in frontends:
             for listener in fe.listeners:
-                listener.socket.close()
+                listener.close()
         raise
     await Balancer(config, frontends, backends, log)._run(task_status)
 

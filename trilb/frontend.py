@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
-import socket
-import stat
 import traceback
 from typing import TYPE_CHECKING
 
@@ -15,6 +11,7 @@ import trio
 from .config import Address, FrontendConfig
 from .errors import StartupError
 from .http_proxy import ClientSession
+from .net import TCPListener, TCPStream, bind_tcp, bind_unix
 from .stats import Counters, FrontendStatistics
 
 if TYPE_CHECKING:
@@ -27,8 +24,6 @@ __all__ = ["FrontendRuntime", "open_listeners"]
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 #: how long to back off after such an error (trio.serve_listeners uses the same)
 _ACCEPT_BACKOFF = 0.1
-#: listen() backlog: connections over max_connections wait here
-BACKLOG = 1024
 
 
 class FrontendRuntime:
@@ -38,7 +33,7 @@ class FrontendRuntime:
         self,
         config: FrontendConfig,
         backend: BackendRuntime,
-        listeners: list[trio.SocketListener],
+        listeners: list[TCPListener],
         log: LogSink,
         connection_slots: trio.Semaphore,
         totals: Counters,
@@ -72,12 +67,12 @@ class FrontendRuntime:
             for listener in self.listeners:
                 nursery.start_soon(self._accept_loop, listener, connection_nursery)
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: TCPListener, nursery: trio.Nursery) -> None:
         port = _listener_address(listener).port  # the local port of every connection it accepts
         while True:
             await self._slots.acquire()
             try:
-                stream = await listener.accept()
+                stream, peer = await listener.accept()
             except trio.ClosedResourceError:
                 self._slots.release()
                 return
@@ -88,9 +83,9 @@ class FrontendRuntime:
                 self.log.error(f"frontend {self.name}: accept failed: {exc}; retrying")
                 await trio.sleep(_ACCEPT_BACKOFF)
                 continue
-            nursery.start_soon(self._handle, stream, port)
+            nursery.start_soon(self._handle, stream, peer, port)
 
-    async def _handle(self, stream: trio.SocketStream, local_port: int) -> None:
+    async def _handle(self, stream: TCPStream, peer_name: object, local_port: int) -> None:
         """The error boundary of one connection: whatever happens, it ends here, logged once."""
         counters = self.counters
         counters.current_connections += 1
@@ -99,12 +94,11 @@ class FrontendRuntime:
         self._next_id += 1
         conn_id = self._next_id
         try:
-            peer = _peer(stream.socket.getpeername())
-            await ClientSession(stream, self, peer, local_port).run()
+            await ClientSession(stream, self, _peer(peer_name), local_port).run()
         except Exception as exc:
             self.log.error(f"frontend {self.name} connection #{conn_id}: internal error: {exc!r}")
             self.log.debug(traceback.format_exc())
-            stream.socket.close()
+            stream.close()
         finally:
             counters.current_connections -= 1
             self._totals.current_connections -= 1
@@ -116,7 +110,7 @@ class FrontendRuntime:
         """Stop accepting and wake idle keep-alive connections so they close."""
         self.draining = True
         for listener in self.listeners:
-            listener.socket.close()
+            listener.close()
         for scope in list(self.idle_scopes):
             scope.cancel()
         if self.counters.current_connections == 0:
@@ -136,47 +130,30 @@ def _peer(name: object) -> tuple[str, int]:
     return "unix", 0
 
 
-def _listener_address(listener: trio.SocketListener) -> Address:
-    name = listener.socket.getsockname()
+def _listener_address(listener: TCPListener) -> Address:
+    name = listener.sock.getsockname()
     if isinstance(name, tuple):
         return Address(host=name[0], port=name[1])
     return Address(path=str(name))
 
 
-async def open_listeners(config: FrontendConfig) -> list[trio.SocketListener]:
+def open_listeners(config: FrontendConfig) -> list[TCPListener]:
     """Bind every address of a frontend; on any failure close what was opened and say which."""
-    listeners: list[trio.SocketListener] = []
+    listeners: list[TCPListener] = []
     try:
         for index, address in enumerate(config.bind):
             try:
                 if address.path is not None:
-                    listeners.append(await _open_unix_listener(address.path))
+                    listeners.append(bind_unix(address.path))
                 else:
-                    listeners.extend(
-                        await trio.open_tcp_listeners(
-                            address.port, host=address.host, backlog=BACKLOG
-                        )
-                    )
+                    listeners.extend(bind_tcp(address.host, address.port))
             except OSError as exc:
                 raise StartupError(
-                    f"frontends.{config.name}.bind[{index}]: cannot listen on {address}: {exc.strerror or exc}"
+                    f"frontends.{config.name}.bind[{index}]: cannot listen on {address}: "
+                    f"{exc.strerror or exc}"
                 ) from None
     except BaseException:
         for listener in listeners:
-            listener.socket.close()
+            listener.close()
         raise
     return listeners
-
-
-async def _open_unix_listener(path: str) -> trio.SocketListener:
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)  # a stale socket from an earlier run; never any other file
-        await sock.bind(path)
-        sock.listen(BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketListener(sock)

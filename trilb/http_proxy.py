@@ -36,6 +36,7 @@ from .core.framing import (
 from .core.headers import Forwarded
 from .core.responses import raw_error_response
 from .http_exchange import RECEIVE_SIZE, ClientGone, Exchange
+from .net import TCPStream
 
 if TYPE_CHECKING:
     from .frontend import FrontendRuntime
@@ -53,8 +54,8 @@ async def close_stream(stream: trio.abc.Stream) -> None:
     """Close a client stream without waiting on the client: a plain socket just closes (no
     checkpoints: this is on the path of every connection); other streams (TLS) get a bounded,
     forceful close."""
-    if isinstance(stream, trio.SocketStream):
-        stream.socket.close()
+    if isinstance(stream, TCPStream):
+        stream.close()
         return
     with trio.CancelScope(shield=True), trio.move_on_after(1):
         await trio.aclose_forcefully(stream)
@@ -66,8 +67,8 @@ class ClientSession:
     __slots__ = (
         "buffer",
         "client_ip",
-        "forwarded",
         "client_port",
+        "forwarded",
         "frontend",
         "limits",
         "local_port",
@@ -264,8 +265,9 @@ class ClientSession:
         """Half-close, then discard what the client still sends (bounded), so that our answer is
         read before the connection closes."""
         try:
-            await self.stream.send_eof()  # type: ignore[attr-defined]
-        except (AttributeError, trio.BrokenResourceError, trio.ClosedResourceError):
+            if isinstance(self.stream, trio.abc.HalfCloseableStream):
+                await self.stream.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         discarded = 0
         with trio.move_on_after(LINGER_SECONDS):

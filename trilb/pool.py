@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 
-import trio
+from .net import TCPStream
 
 __all__ = ["IdlePool", "ServerConnection"]
 
@@ -25,21 +25,18 @@ class ServerConnection:
 
     __slots__ = ("idle_since", "stream")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: TCPStream) -> None:
         self.stream = stream
         self.idle_since = 0.0
 
     def looks_closed(self) -> bool:
         """An idle connection with something to read has been closed (or spoken out of turn) by
         the server: either way it must not carry a request."""
-        try:
-            return self.stream.socket.is_readable()
-        except OSError:
-            return True
+        return self.stream.is_readable()
 
     def close(self) -> None:
         """Close now, without the checkpoint of ``aclose`` (pool clean-up is synchronous)."""
-        self.stream.socket.close()
+        self.stream.close()
 
 
 class IdlePool:
