@@ -79,26 +79,21 @@ class Balancer:
 
     async def _run(self, task_status: trio.TaskStatus[Balancer]) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as nursery, trio.open_nursery() as connections:
+                for fe in self._frontends:
+                    nursery.start_soon(fe.run, connections)
+                self._log_start()
+                task_status.started(self)
+                await self._drain_started.wait()
+                self.log.info(f"draining: waiting up to {self._grace:g}s for requests in flight")
+                for fe in self._frontends:
+                    fe.start_drain()
+                with trio.move_on_after(self._grace) as scope:
                     for fe in self._frontends:
-                        nursery.start_soon(fe.run, connections)
-                    self._log_start()
-                    task_status.started(self)
-                    await self._drain_started.wait()
-                    self.log.info(
-                        f"draining: waiting up to {self._grace:g}s for requests in flight"
-                    )
-                    for fe in self._frontends:
-                        fe.start_drain()
-                    with trio.move_on_after(self._grace) as scope:
-                        for fe in self._frontends:
-                            await fe.connections_done.wait()
-                    if scope.cancelled_caught:
-                        self.log.warning(
-                            "drain grace period over: closing the remaining connections"
-                        )
-                    connections.cancel_scope.cancel()
+                        await fe.connections_done.wait()
+                if scope.cancelled_caught:
+                    self.log.warning("drain grace period over: closing the remaining connections")
+                connections.cancel_scope.cancel()
         finally:
             for fe in self._frontends:
                 for listener in fe.listeners:

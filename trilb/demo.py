@@ -25,7 +25,8 @@ def _page(name: str, request: h11.Request, client: str) -> bytes:
     )
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>trilb demo</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td{padding:0 1em;font-family:monospace}</style>"
+        "<style>body{font-family:sans-serif;margin:2em}"
+        "td{padding:0 1em;font-family:monospace}</style>"
         f"</head><body><h1>Served by {html.escape(name)}</h1>"
         "<p>Reload the page: trilb spreads requests round-robin over the demo backends.</p>"
         f"<p>The backend saw the connection from {html.escape(client)} and these headers:</p>"

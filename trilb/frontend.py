@@ -62,7 +62,8 @@ class FrontendRuntime:
         return tuple(_listener_address(listener) for listener in self.listeners)
 
     async def run(self, connection_nursery: trio.Nursery) -> None:
-        """Accept on every listener until they are closed; connections go to ``connection_nursery``."""
+        """Accept on every listener until they are closed; connections run in
+        ``connection_nursery``."""
         async with trio.open_nursery() as nursery:
             for listener in self.listeners:
                 nursery.start_soon(self._accept_loop, listener, connection_nursery)
@@ -95,7 +96,7 @@ class FrontendRuntime:
         conn_id = self._next_id
         try:
             await ClientSession(stream, self, _peer(peer_name), local_port).run()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the error boundary of one connection
             self.log.error(f"frontend {self.name} connection #{conn_id}: internal error: {exc!r}")
             self.log.debug(traceback.format_exc())
             stream.close()

@@ -219,10 +219,13 @@ class Exchange:
         if conn is not None:
             record.t_connect = 0
             return conn, True
-        conn = await server.connect(self.session.frontend.backend.config.timeouts.connect)
-        record.t_connect = millis(now, time.monotonic())
-        server.counters.total_connections += 1
-        return conn, False
+        timeout = self.session.frontend.backend.config.timeouts.connect
+        with trio.move_on_after(timeout):
+            conn = await server.connect()
+            record.t_connect = millis(now, time.monotonic())
+            server.counters.total_connections += 1
+            return conn, False
+        raise TimeoutError(f"no connection within {timeout:g}s")
 
     # -- one attempt ----------------------------------------------------------------------------
 
@@ -502,11 +505,14 @@ class Exchange:
         self, upstream: ServerConnection, server: ServerRuntime, phase: str
     ) -> bytes:
         self.phase = phase
-        self.scope.deadline = (
-            trio.current_time() + self.session.frontend.backend.config.timeouts.server
-        )
+        timeout = self.session.frontend.backend.config.timeouts.server
+        self.scope.deadline = trio.current_time() + timeout
+        stream = upstream.stream
         try:
-            data = await upstream.stream.receive_some(RECEIVE_SIZE)
+            if phase == SERVER_TURN:  # the server has yet to answer: nothing to read right now
+                data = await stream.receive_when_ready(RECEIVE_SIZE)
+            else:
+                data = await stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if self.responded:
                 raise ResponseBroken("SD", f"server connection broke: {exc}") from None

@@ -132,10 +132,9 @@ class ClientSession:
         conn, request = got
         fe = self.frontend
         record.t_request = millis(started, time.monotonic())
-        record.request_line = (
-            f"{request.method.decode('ascii', 'replace')} {request.target.decode('ascii', 'replace')} "
-            f"HTTP/{request.http_version.decode('ascii')}"
-        )
+        method = request.method.decode("ascii", "replace")
+        target = request.target.decode("ascii", "replace")
+        record.request_line = f"{method} {target} HTTP/{request.http_version.decode('ascii')}"
         fe.counters.total_requests += 1
         fe.counters.current_requests += 1
         try:

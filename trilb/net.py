@@ -76,6 +76,21 @@ class TCPStream(trio.abc.HalfCloseableStream):
             raise self._translate(exc) from exc
         return data
 
+    async def receive_when_ready(self, max_bytes: int) -> bytes:
+        """Like :meth:`receive_some`, for when data is not expected yet (a response just
+        requested): waits for readiness first instead of trying, and failing, to read."""
+        if self._closed:
+            raise trio.ClosedResourceError("the stream was closed")
+        self._ready_streak = 0
+        sock = self.sock
+        try:
+            await wait_readable(sock)
+            return sock.recv(max_bytes)
+        except BlockingIOError:
+            return await self.receive_some(max_bytes)  # woken spuriously
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await checkpoint_if_cancelled()
         if self._closed:

@@ -3,7 +3,10 @@
 The ``haproxy`` format follows HAProxy's ``option httplog`` field order so that tools written for
 HAProxy logs read trilb's::
 
-    127.0.0.1:39520 [21/Nov/2026:12:00:00.123] web app/s1 0/0/1/3/4 200 145 - - ---- 1/1/0/0/0 0/0 "GET / HTTP/1.1"
+    127.0.0.1:39520 [21/Nov/2026:12:00:00.123] web app/s1 0/0/1/3/4 200 145 - - ---- \
+        1/1/0/0/0 0/0 "GET / HTTP/1.1"
+
+(one line; broken here for width)
 
 client ip:port, accept date, frontend, backend/server, timers TR/Tw/Tc/Tr/Ta in ms (-1 = not
 reached), status, bytes sent to the client, captured request/response cookies (not captured: - -),

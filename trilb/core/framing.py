@@ -1,10 +1,10 @@
 """Checks on a raw HTTP/1 request head before and after h11 parses it.
 
-h11 is a fine parser but lenient in ways a proxy must not be (request smuggling): it joins obs-folded
-lines, collapses duplicate ``Content-Length`` headers, accepts ``Content-Length`` together with
-``Transfer-Encoding`` and applies its size limit only to *incomplete* heads. trilb therefore finds the
-end of each head itself, bounds it, and inspects the raw bytes; h11 then parses a head that is known
-to be unambiguous.
+h11 is a fine parser but lenient in ways a proxy must not be (request smuggling): it joins
+obs-folded lines, collapses duplicate ``Content-Length`` headers, accepts ``Content-Length``
+together with ``Transfer-Encoding`` and applies its size limit only to *incomplete* heads. trilb
+therefore finds the end of each head itself, bounds it, and inspects the raw bytes; h11 then parses
+a head that is known to be unambiguous.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from collections.abc import Sequence
 
 import attrs
 
-__all__ = ["HeadProblem", "check_parsed_head", "check_raw_head", "find_head_end"]
+__all__ = [
+    "HeadProblem",
+    "check_incomplete_head",
+    "check_parsed_head",
+    "check_raw_head",
+    "find_head_end",
+]
 
 # A head ends at the first empty line; RFC 9112 section 2.2 lets a recipient accept bare LF too.
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -57,7 +63,9 @@ def check_incomplete_head(
 def check_raw_head(
     head: bytes, *, max_header_size: int, max_uri_length: int, max_headers: int
 ) -> HeadProblem | None:
-    """Refuse what h11 would accept but a proxy must not forward. ``head`` ends with the empty line."""
+    """Refuse what h11 would accept but a proxy must not forward.
+
+    ``head`` is a complete head, ending with its empty line."""
     lines = _LINE_END.split(head, maxsplit=1)
     request_line = lines[0]
     parts = request_line.split(b" ")
