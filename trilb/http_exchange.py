@@ -562,8 +562,10 @@ class Exchange:
         with trio.move_on_after(session.timeouts.client) as scope:
             try:
                 await session.send_client(data)
+                record.bytes_out += len(data)
+                if not self.request_done:
+                    await session.linger()  # the unread body must not reset our answer away
             except ClientGone as gone:
                 record.termination = gone.termination
                 return False
-        record.bytes_out += len(data)
         return keep and not scope.cancelled_caught

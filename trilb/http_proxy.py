@@ -256,25 +256,25 @@ class ClientSession:
             with trio.move_on_after(self.timeouts.client):
                 await self.stream.send_all(response)
                 fe.counters.bytes_out += len(response)
-                await self._linger()
+                await self.linger()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    async def _linger(self) -> None:
+    async def linger(self) -> None:
         """Half-close, then discard what the client still sends (bounded), so that our answer is
         read before the connection closes."""
+        discarded = 0
         try:
             if isinstance(self.stream, trio.abc.HalfCloseableStream):
                 await self.stream.send_eof()
+            with trio.move_on_after(LINGER_SECONDS):
+                while discarded < LINGER_BYTES:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        break
+                    discarded += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
-        discarded = 0
-        with trio.move_on_after(LINGER_SECONDS):
-            while discarded < LINGER_BYTES:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-                if not data:
-                    break
-                discarded += len(data)
+            pass
 
     # -- moving bytes ----------------------------------------------------------------------------
 
