@@ -118,7 +118,6 @@ class ClientSession:
 
     async def _serve_one(self, first: bool) -> bool:
         """Handle one request; True when the connection may carry another."""
-        started = time.monotonic()
         record = RequestLog(
             client_ip=self.client_ip,
             client_port=self.client_port,
@@ -129,7 +128,7 @@ class ClientSession:
         got = await self._read_head(first, record)
         if got is None:
             return False
-        conn, request = got
+        conn, request, started = got
         fe = self.frontend
         record.t_request = millis(started, time.monotonic())
         method = request.method.decode("ascii", "replace")
@@ -152,9 +151,11 @@ class ClientSession:
 
     async def _read_head(
         self, first: bool, record: RequestLog
-    ) -> tuple[h11.Connection, h11.Request] | None:
-        """The next request, parsed; None when the client closed or idled out between requests.
-        Refuses bad heads itself (4xx, logged) and then returns None."""
+    ) -> tuple[h11.Connection, h11.Request, float] | None:
+        """The next request, parsed, and when it started (monotonic: the accept for a first
+        request, its first byte for later ones); None when the client closed or idled out between
+        requests. Refuses bad heads itself (4xx, logged) and then returns None."""
+        started = time.monotonic()
         buffer = self.buffer
         # The first request's head must be complete within timeout_http_request of the accept;
         # later ones within it of their first byte (the wait before that is timeout_keep_alive).
@@ -166,6 +167,8 @@ class ClientSession:
             buffer += data
             if not first:
                 deadline = trio.current_time() + self.timeouts.http_request
+                started = time.monotonic()
+                record.accept_date = time.time()
         if buffer and buffer[0] in b"\r\n":  # RFC 9112 section 2.2: ignore empty lines first
             del buffer[: len(buffer) - len(buffer.lstrip(b"\r\n"))]
         limits = self.limits
@@ -219,7 +222,7 @@ class ClientSession:
         if problem is not None:
             await self._refuse(problem, record)
             return None
-        return conn, event
+        return conn, event, started
 
     async def _wait_first_bytes(self, first: bool) -> bytes:
         """Wait for a request to start; b"" when the client closes, idles out or we drain."""
