@@ -18,9 +18,9 @@ import trio
 
 from .backend import BackendRuntime, resolve_backend
 from .config import Address, Config
-from .frontend import FrontendRuntime, open_listeners
+from .frontend import ConnectionSlots, FrontendRuntime, open_listeners
 from .logsink import LogSink
-from .stats import Counters, Statistics
+from .stats import Statistics
 
 __all__ = ["Balancer", "open_balancer", "serve"]
 
@@ -131,8 +131,7 @@ async def serve(
     for backend_config in config.backends:
         backends[backend_config.name] = await resolve_backend(backend_config)
     # Connections beyond the global cap wait in the kernel's listen backlog.
-    slots = trio.Semaphore(config.global_.max_connections)
-    totals = Counters()
+    slots = ConnectionSlots(config.global_.max_connections)
     frontends: list[FrontendRuntime] = []
     try:
         for fe_config in config.frontends:
@@ -140,7 +139,7 @@ async def serve(
             listeners = open_listeners(fe_config)
             frontends.append(
                 FrontendRuntime(
-                    fe_config, backends[fe_config.default_backend], listeners, log, slots, totals
+                    fe_config, backends[fe_config.default_backend], listeners, log, slots
                 )
             )
     except BaseException:

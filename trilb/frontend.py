@@ -26,6 +26,29 @@ _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EN
 _ACCEPT_BACKOFF = 0.1
 
 
+class ConnectionSlots:
+    """``global.max_connections``: a counter, and a parking lot where accept loops wait while the
+    balancer is full (new connections meanwhile wait in the kernel's listen backlog). Cheaper
+    than a semaphore: taking a free slot does not yield, and that happens for every connection."""
+
+    __slots__ = ("_lot", "limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    async def acquire(self) -> None:
+        while self.used >= self.limit:
+            await self._lot.park()
+        self.used += 1
+
+    def release(self) -> None:
+        self.used -= 1
+        if self._lot:
+            self._lot.unpark()
+
+
 class FrontendRuntime:
     """What a client session needs from its frontend, plus the frontend's listeners."""
 
@@ -35,8 +58,7 @@ class FrontendRuntime:
         backend: BackendRuntime,
         listeners: list[TCPListener],
         log: LogSink,
-        connection_slots: trio.Semaphore,
-        totals: Counters,
+        slots: ConnectionSlots,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -48,14 +70,13 @@ class FrontendRuntime:
         #: the cancel scopes of connections idling between requests, cancelled by a drain
         self.idle_scopes: set[trio.CancelScope] = set()
         self.connections_done = trio.Event()
-        self._slots = connection_slots
-        self._totals = totals  # shared by every frontend of the balancer
+        self._slots = slots  # shared by every frontend of the balancer
         self._next_id = 0
 
     @property
     def active_connections(self) -> int:
         """Client connections open on the whole balancer (HAProxy's actconn)."""
-        return self._totals.current_connections
+        return self._slots.used
 
     @property
     def addresses(self) -> tuple[Address, ...]:
@@ -91,7 +112,6 @@ class FrontendRuntime:
         counters = self.counters
         counters.current_connections += 1
         counters.total_connections += 1
-        self._totals.current_connections += 1
         self._next_id += 1
         conn_id = self._next_id
         try:
@@ -102,7 +122,6 @@ class FrontendRuntime:
             stream.close()
         finally:
             counters.current_connections -= 1
-            self._totals.current_connections -= 1
             self._slots.release()
             if self.draining and counters.current_connections == 0:
                 self.connections_done.set()
