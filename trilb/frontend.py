@@ -71,6 +71,7 @@ class FrontendRuntime:
         self.idle_scopes: set[trio.CancelScope] = set()
         self.connections_done = trio.Event()
         self._slots = slots  # shared by every frontend of the balancer
+        self._addresses = tuple(_listener_address(listener) for listener in listeners)
         self._next_id = 0
 
     @property
@@ -80,7 +81,8 @@ class FrontendRuntime:
 
     @property
     def addresses(self) -> tuple[Address, ...]:
-        return tuple(_listener_address(listener) for listener in self.listeners)
+        """Where it listens (port 0 resolved); still known after the listeners closed."""
+        return self._addresses
 
     async def run(self, connection_nursery: trio.Nursery) -> None:
         """Accept on every listener until they are closed; connections run in

@@ -170,13 +170,13 @@ class Exchange:
             if pipelined:
                 session.buffer = bytearray(pipelined)
         request = self.request
-        head = request_head(
-            request.method,
-            request.target,
-            request_headers_for_server(
-                request.headers.raw_items(), chunked=self.chunked, forwarded=session.forwarded
-            ),
+        headers = request_headers_for_server(
+            request.headers.raw_items(), chunked=self.chunked, forwarded=session.forwarded
         )
+        # The request goes out as HTTP/1.1, which requires Host; an HTTP/1.0 client may have sent
+        # none. Then, as nginx does, the server's own address is named (per attempt, below).
+        has_host = any(name == b"host" for name, _ in request.headers)
+        head = request_head(request.method, request.target, headers) if has_host else b""
         replayable = request.method in IDEMPOTENT and self.request_done
         tried: set[int] = set()
         failures = 0
@@ -201,6 +201,9 @@ class Exchange:
                     return await self._answer_error(503, "SC", "no server could be reached")
                 record.retries += 1
                 continue
+            if not has_host:
+                host = str(server.config.address).encode("ascii")
+                head = request_head(request.method, request.target, [(b"Host", host), *headers])
             try:
                 return await self._exchange(server, upstream, head)
             except ServerFailed as failure:
