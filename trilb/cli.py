@@ -59,32 +59,56 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    verbosity = VERBOSE if args.verbose else QUIET if args.quiet else NORMAL
     try:
-        if args.command == "check":
-            return _check(args.config)
-        if args.command == "serve":
-            config = load_config(args.config)
-            log = LogSink(config.log.target, config.log.format, verbosity=verbosity)
-            start: StartBalancer = functools.partial(serve, config, log=log)
-            trio.run(_run_until_signalled, start, log, args.grace)
-            return EXIT_OK
-        if args.command == "demo":
-            from .demo import run_demo
-
-            log = LogSink("stdout", "haproxy", verbosity=verbosity)
-            start = functools.partial(run_demo, args.port, max(1, args.backends), log=log)
-            trio.run(_run_until_signalled, start, log, 5.0)
-            return EXIT_OK
-    except ConfigError as exc:
-        _print_config_errors(getattr(args, "config", "config"), exc)
-        return EXIT_CONFIG
-    except TrilbError as exc:
-        print(f"trilb: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return _dispatch(args)
     except KeyboardInterrupt:
         return EXIT_OK
+    except TrilbError as exc:
+        return _report(args, exc)
+    except BaseExceptionGroup as group:
+        # Errors raised while the balancer starts come out of Trio's nurseries in a group.
+        sole = _sole_exception(group)
+        if isinstance(sole, TrilbError):
+            return _report(args, sole)
+        raise
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    verbosity = VERBOSE if args.verbose else QUIET if args.quiet else NORMAL
+    if args.command == "check":
+        return _check(args.config)
+    if args.command == "serve":
+        config = load_config(args.config)
+        log = LogSink(config.log.target, config.log.format, verbosity=verbosity)
+        start: StartBalancer = functools.partial(serve, config, log=log)
+        trio.run(_run_until_signalled, start, log, args.grace)
+        return EXIT_OK
+    if args.command == "demo":
+        from .demo import run_demo
+
+        log = LogSink("stdout", "haproxy", verbosity=verbosity)
+        start = functools.partial(run_demo, args.port, max(1, args.backends), log=log)
+        trio.run(_run_until_signalled, start, log, 5.0)
+        return EXIT_OK
     raise AssertionError(args.command)  # argparse only accepts the commands above
+
+
+def _report(args: argparse.Namespace, exc: TrilbError) -> int:
+    if isinstance(exc, ConfigError):
+        _print_config_errors(getattr(args, "config", "config"), exc)
+        return EXIT_CONFIG
+    print(f"trilb: error: {exc}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside (possibly nested) single-member groups, else None."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _check(path: str) -> int:

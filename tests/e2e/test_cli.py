@@ -1,0 +1,521 @@
+"""``trilb`` as a user runs it: a subprocess driven by curl and httpx, stopped with signals.
+
+The backends are subprocesses too: a small h11 server script (written to the test's tmp_path) that
+answers every request with ``<name> <target>`` and an ``X-Served-By: <name>`` header. A request to
+``/slow...`` creates ``slow-started`` in tmp_path and answers only once ``release`` exists there,
+so a test can hold a request in flight and let it go when it wants.
+
+(Everything lives in this module: a second ``conftest.py`` outside a package would shadow
+``tests/proxy/conftest.py`` for ``from conftest import ...``.)
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from trilb import __version__
+
+pytestmark = pytest.mark.e2e
+
+#: how long any subprocess may take to become ready on a loaded machine
+STARTUP_TIMEOUT = 15.0
+
+BACKEND_SCRIPT = r"""
+import os
+import sys
+from pathlib import Path
+
+import h11
+import trio
+
+DIR = Path(sys.argv[1])
+NAME = sys.argv[2]
+
+
+async def handle(stream):
+    conn = h11.Connection(h11.SERVER)
+    target = ""
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Request):
+                target = event.target.decode()
+            elif isinstance(event, h11.EndOfMessage):
+                if target.startswith("/slow"):
+                    (DIR / "slow-started").touch()
+                    # a backend, not a test: polling the file system is its way to be told
+                    while not (DIR / "release").exists():
+                        await trio.sleep(0.02)
+                body = f"{NAME} {target}\n".encode()
+                headers = [("Content-Length", str(len(body))), ("X-Served-By", NAME)]
+                out = conn.send(h11.Response(status_code=200, headers=headers))
+                out += conn.send(h11.Data(data=body))
+                out += conn.send(h11.EndOfMessage())
+                await stream.send_all(out)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+            elif isinstance(event, h11.ConnectionClosed):
+                return
+    except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def main():
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    tmp = DIR / f"{NAME}.port.tmp"
+    tmp.write_text(str(port))
+    os.replace(tmp, DIR / f"{NAME}.port")
+    await trio.serve_listeners(handle, listeners)
+
+
+trio.run(main)
+"""
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate (then kill) a subprocess we started, and reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def start_backend(tmp_path: Path) -> Iterator[Callable[[str], int]]:
+    """``start_backend("b1")`` runs a backend subprocess named b1 and returns its port."""
+    script = tmp_path / "backend.py"
+    script.write_text(BACKEND_SCRIPT)
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str) -> int:
+        port_file = tmp_path / f"{name}.port"
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path), name],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"backend {name} exited with {proc.returncode}")
+            return port_file.exists()
+
+        wait_for(ready, STARTUP_TIMEOUT, f"backend {name} to listen")
+        return int(port_file.read_text())
+
+    yield start
+    for proc in procs:
+        stop_process(proc)
+
+
+TRILB = [sys.executable, "-m", "trilb"]
+
+#: the process must be done within this after being told to stop (grace periods are longer)
+PROMPTLY = 10.0
+
+
+def run_trilb(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TRILB, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (the caller retries if someone took it since)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def get(url: str) -> httpx.Response:
+    with httpx.Client(trust_env=False, timeout=20) as client:
+        return client.get(url)
+
+
+def curl(*urls: str) -> str:
+    result = subprocess.run(
+        ["curl", "-s", "-S", "--noproxy", "*", "--max-time", "20", "-D", "-", *urls],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout
+
+
+class Trilb:
+    """A running ``trilb`` subprocess whose output goes to files (no pipe can fill up)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, out: Path, err: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self._out = out
+        self._err = err
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    @property
+    def stdout(self) -> str:
+        return self._out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self._err.read_text()
+
+    def wait_output(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            match = re.search(pattern, self.stdout, re.MULTILINE)
+            if match is not None:
+                found.append(match)
+            return match is not None
+
+        wait_for(seen, timeout, f"{pattern!r} in the output of trilb")
+        return found[0]
+
+    def access_lines(self, request_line: str) -> list[str]:
+        return [line for line in self.stdout.splitlines() if line.endswith(f'"{request_line}"')]
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = PROMPTLY) -> int:
+        return self.proc.wait(timeout=timeout)
+
+
+Launch = Callable[[Callable[[int], Sequence[str]], str], Trilb]
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launch]:
+    """``launch(args_for_port, ready)`` starts ``trilb <args_for_port(port)>`` on a free port and
+    waits until it is ready: ``ready`` is "http" (a request through it answers) or a regex for
+    its output. A port someone else took meanwhile is replaced by another one."""
+    started: list[Trilb] = []
+
+    def start(args_for_port: Callable[[int], Sequence[str]], ready: str) -> Trilb:
+        for attempt in range(5):
+            port = free_port()
+            out, err = tmp_path / f"trilb-{attempt}.out", tmp_path / f"trilb-{attempt}.err"
+            with out.open("wb") as out_file, err.open("wb") as err_file:
+                proc = subprocess.Popen(
+                    [*TRILB, *args_for_port(port)],
+                    cwd=tmp_path,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_file,
+                    stderr=err_file,
+                )
+            lb = Trilb(proc, port, out, err)
+            started.append(lb)
+            if _wait_ready(lb, ready):
+                return lb
+            assert "in use" in lb.stderr, lb.stderr  # lost the race for the port: try another
+        pytest.fail("no free port found in 5 attempts")
+
+    yield start
+    for lb in started:
+        stop_process(lb.proc)
+
+
+def _wait_ready(lb: Trilb, ready: str) -> bool:
+    """True once ready; False if it exited (with 1) before."""
+    up: list[bool] = []
+
+    def check() -> bool:
+        if lb.proc.poll() is not None:
+            assert lb.proc.returncode == 1, (lb.proc.returncode, lb.stderr)
+            up.append(False)
+            return True
+        if ready != "http":
+            if re.search(ready, lb.stdout) is None:
+                return False
+            up.append(True)
+            return True
+        try:
+            with httpx.Client(trust_env=False, timeout=2) as client:
+                client.get(lb.url("/ready"))
+        except httpx.TransportError:
+            return False
+        up.append(True)
+        return True
+
+    wait_for(check, STARTUP_TIMEOUT, "trilb to start")
+    return up[0]
+
+
+CONFIG = """
+[frontends.web]
+bind = "127.0.0.1:{port}"
+default_backend = "app"
+
+[backends.app]
+servers = [
+{servers}
+]
+"""
+
+
+def write_config(tmp_path: Path, port: int, backend_ports: Sequence[int]) -> Path:
+    servers = ",\n".join(
+        f'  {{ name = "b{i + 1}", address = "127.0.0.1:{p}" }}' for i, p in enumerate(backend_ports)
+    )
+    path = tmp_path / f"trilb-{port}.toml"
+    path.write_text(CONFIG.format(port=port, servers=servers))
+    return path
+
+
+ServeFactory = Callable[..., Trilb]
+
+
+@pytest.fixture
+def serve(tmp_path: Path, launch: Launch, start_backend: Callable[[str], int]) -> ServeFactory:
+    """``serve("-q", grace=5)``: backends b1 and b2 and ``trilb [options] serve cfg.toml``."""
+    backend_ports = [start_backend("b1"), start_backend("b2")]
+
+    def start(*options: str, grace: float | None = None) -> Trilb:
+        def args(port: int) -> list[str]:
+            config = write_config(tmp_path, port, backend_ports)
+            extra = [] if grace is None else ["--grace", str(grace)]
+            return [*options, "serve", str(config), *extra]
+
+        return launch(args, "http")
+
+    return start
+
+
+# -- trilb --version / check ---------------------------------------------------------------------
+
+
+def test_version(tmp_path: Path) -> None:
+    result = run_trilb("--version", cwd=tmp_path)
+    assert result.returncode == 0
+    assert result.stdout == f"trilb {__version__}\n"
+    assert __version__ == "0.1.0"
+
+
+GOOD = """
+[frontends.web]
+bind = ["127.0.0.1:8080"]
+default_backend = "app"
+
+[backends.app]
+servers = [{ name = "s1", address = "127.0.0.1:9001", weight = 10 }]
+"""
+
+BAD = """
+[frontends.web]
+bind = "127.0.0.1:8080"
+default_backend = "nowhere"
+timeout_clinet = "5s"
+
+[backends.app]
+servers = [{ name = "s1", address = "127.0.0.1:9001", weight = "heavy" }]
+"""
+
+
+def test_check_valid(tmp_path: Path) -> None:
+    (tmp_path / "good.toml").write_text(GOOD)
+    result = run_trilb("check", "good.toml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    assert "valid" in lines[0]
+    assert result.stderr == ""
+
+
+def test_check_reports_every_problem(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text(BAD)
+    result = run_trilb("check", "bad.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    err = result.stderr
+    assert re.search(
+        r"frontends\.web\.timeout_clinet: unknown key.*did you mean 'timeout_client'", err
+    )
+    assert re.search(r'backends\.app\.servers\[0\]\.weight: .*"heavy"', err)
+    assert re.search(r"frontends\.web\.default_backend: .*'nowhere'", err)
+    problems = [line for line in err.splitlines() if line.startswith("  ")]
+    assert len(problems) == 3, err
+
+
+def test_check_toml_syntax_error(tmp_path: Path) -> None:
+    (tmp_path / "syntax.toml").write_text(
+        '[frontends.web]\ndefault_backend = "app"\nbind = = "127.0.0.1:80"\n\n[backends.app]\n'
+    )
+    result = run_trilb("check", "syntax.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "syntax.toml" in result.stderr
+    assert re.search(r"line 3\b", result.stderr), result.stderr
+
+
+def test_check_missing_file(tmp_path: Path) -> None:
+    result = run_trilb("check", "missing.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "missing.toml" in result.stderr
+
+
+# -- trilb serve ------------------------------------------------------------------------------
+
+
+def test_serve_with_curl_and_httpx_then_sigterm(serve: ServeFactory) -> None:
+    lb = serve()
+    assert re.search(r"info: frontend web listening on 127\.0\.0\.1:\d+", lb.stdout)
+
+    # curl, two requests on one keep-alive connection: round-robin over both backends
+    out = curl(lb.url("/curl-1"), lb.url("/curl-2"))
+    heads = re.findall(r"^HTTP/1\.1 (\d{3})", out, re.MULTILINE)
+    assert heads == ["200", "200"], out
+    assert sorted(re.findall(r"^X-Served-By: (\S+)", out, re.MULTILINE | re.IGNORECASE)) == [
+        "b1",
+        "b2",
+    ]
+    assert re.search(r"^b\d /curl-1$", out, re.MULTILINE)
+    assert re.search(r"^b\d /curl-2$", out, re.MULTILINE)
+
+    response = get(lb.url("/httpx?x=1"))
+    assert response.status_code == 200
+    assert re.fullmatch(r"b\d /httpx\?x=1\n", response.text)
+
+    for request_line in ("GET /curl-1 HTTP/1.1", "GET /curl-2 HTTP/1.1", "GET /httpx?x=1 HTTP/1.1"):
+        lb.wait_output(re.escape(f'"{request_line}"') + "$")
+        lines = lb.access_lines(request_line)
+        assert len(lines) == 1, lines
+        assert re.search(r" web app/b\d \S+ 200 \d+ - - ---- ", lines[0]), lines[0]
+
+    lb.signal(signal.SIGTERM)
+    assert lb.wait() == 0
+    assert "Traceback" not in lb.stdout + lb.stderr
+    assert "info: stopped" in lb.stdout
+
+
+def test_graceful_stop_with_request_in_flight(serve: ServeFactory, tmp_path: Path) -> None:
+    lb = serve(grace=30)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future: Future[httpx.Response] = pool.submit(get, lb.url("/slow"))
+        try:
+            wait_for((tmp_path / "slow-started").exists, PROMPTLY, "the request to reach a backend")
+            lb.signal(signal.SIGTERM)
+            wait_for(lambda: refuses_connections(lb.port), PROMPTLY, "the listener to close")
+            assert lb.proc.poll() is None  # still running: draining
+        finally:
+            (tmp_path / "release").touch()
+        response = future.result(timeout=30)
+    assert response.status_code == 200
+    assert re.fullmatch(r"b\d /slow\n", response.text)
+    assert response.headers["connection"] == "close"
+    assert lb.wait() == 0
+    assert len(lb.access_lines("GET /slow HTTP/1.1")) == 1
+    assert "SIGTERM received: draining" in lb.stdout
+    assert "Traceback" not in lb.stdout + lb.stderr
+
+
+def test_second_sigint_stops_at_once(serve: ServeFactory, tmp_path: Path) -> None:
+    lb = serve(grace=60)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future: Future[httpx.Response] = pool.submit(get, lb.url("/slow"))
+        try:
+            wait_for((tmp_path / "slow-started").exists, PROMPTLY, "the request to reach a backend")
+            lb.signal(signal.SIGINT)
+            lb.wait_output("SIGINT received: draining", PROMPTLY)
+            lb.signal(signal.SIGINT)
+            assert lb.wait() == 0  # long before the 60 s grace period
+        finally:
+            (tmp_path / "release").touch()
+        with pytest.raises(httpx.TransportError):
+            future.result(timeout=30)  # cut: the request never completed
+    assert "SIGINT received again: stopping now" in lb.stdout
+    assert "Traceback" not in lb.stdout + lb.stderr
+
+
+def test_quiet_logs_requests_but_no_info(serve: ServeFactory) -> None:
+    lb = serve("-q")
+    assert get(lb.url("/quiet")).status_code == 200
+    lb.wait_output(re.escape('"GET /quiet HTTP/1.1"') + "$")
+    lb.signal(signal.SIGTERM)
+    assert lb.wait() == 0
+    assert " info: " not in lb.stdout
+    assert len(lb.access_lines("GET /quiet HTTP/1.1")) == 1
+
+
+def test_serve_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, port, [9])
+        result = run_trilb("serve", str(config), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "frontends.web.bind" in lines[0]
+    assert str(port) in lines[0]
+
+
+def test_serve_bad_config_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text(BAD)
+    result = run_trilb("serve", "bad.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "frontends.web.timeout_clinet" in result.stderr
+
+
+# -- trilb demo ----------------------------------------------------------------------------------
+
+
+def test_demo(launch: Launch) -> None:
+    lb = launch(lambda port: ["demo", "--port", str(port)], r"open http://\S+/")
+    url = lb.wait_output(r"open (http://127\.0\.0\.1:(\d+)/)")
+    assert int(url.group(2)) == lb.port
+    first, second = get(url.group(1)), get(url.group(1))
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert [first.headers["x-served-by"], second.headers["x-served-by"]] == ["demo-1", "demo-2"]
+    assert "Served by demo-1" in first.text
+    assert "Served by demo-2" in second.text
+    lb.signal(signal.SIGINT)
+    assert lb.wait() == 0
+    assert "Traceback" not in lb.stdout + lb.stderr
