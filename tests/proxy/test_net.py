@@ -84,9 +84,12 @@ async def test_close_wakes_a_waiting_reader() -> None:
 async def test_peer_reset_is_broken_resource_error() -> None:
     left, right = stream_pair()
     right.close()
-    with pytest.raises(trio.BrokenResourceError):
+    async def send_until_broken() -> None:
         for _ in range(100):  # the first sends may still be buffered
             await left.send_all(b"x" * 65536)
+
+    with pytest.raises(trio.BrokenResourceError):
+        await send_until_broken()
     left.close()
 
 
