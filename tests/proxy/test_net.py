@@ -84,6 +84,7 @@ async def test_close_wakes_a_waiting_reader() -> None:
 async def test_peer_reset_is_broken_resource_error() -> None:
     left, right = stream_pair()
     right.close()
+
     async def send_until_broken() -> None:
         for _ in range(100):  # the first sends may still be buffered
             await left.send_all(b"x" * 65536)
