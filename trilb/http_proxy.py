@@ -229,6 +229,17 @@ class ClientSession:
         fe = self.frontend
         if fe.draining:
             return b""
+        stream = self.stream
+        if first and isinstance(stream, TCPStream):
+            # A new connection's request has usually arrived with it: take it without setting
+            # up a timed wait (this is on the path of every connection).
+            try:
+                data = stream.receive_nowait(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+            if data is not None:
+                fe.counters.bytes_in += len(data)
+                return data
         timeout = self.timeouts.http_request if first else self.timeouts.keep_alive
         with trio.move_on_after(timeout) as scope:
             fe.idle_scopes.add(scope)

@@ -76,6 +76,18 @@ class TCPStream(trio.abc.HalfCloseableStream):
             raise self._translate(exc) from exc
         return data
 
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """What is there to read right now, or None if a read would block. Synchronous (no
+        checkpoint), for a caller that will wait anyway if nothing is there."""
+        if self._closed:
+            raise trio.ClosedResourceError("the stream was closed")
+        try:
+            return self.sock.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._translate(exc) from exc
+
     async def receive_when_ready(self, max_bytes: int) -> bytes:
         """Like :meth:`receive_some`, for when data is not expected yet (a response just
         requested): waits for readiness first instead of trying, and failing, to read."""
