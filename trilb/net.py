@@ -194,9 +194,7 @@ class TCPListener:
                 if self._closed or exc.errno == errno.EBADF:
                     raise trio.ClosedResourceError("the listener was closed") from exc
                 raise
-            conn.setblocking(False)
-            if conn.family != socket.AF_UNIX:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setblocking(False)  # (TCP_NODELAY it inherits from the listener, on Linux)
             return TCPStream(conn), address
 
     def close(self) -> None:
@@ -242,6 +240,8 @@ def bind_tcp(host: str | None, port: int, *, backlog: int = BACKLOG) -> list[TCP
             sock = socket.socket(family, type_, proto)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # Accepted connections inherit it: one system call per listener, not per client.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(sockaddr)

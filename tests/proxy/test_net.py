@@ -150,3 +150,14 @@ async def test_unix_listener_replaces_a_stale_socket_but_no_other_file(tmp_path:
     with pytest.raises(OSError, match="in use"):
         bind_unix(str(regular))
     assert regular.read_text() == "precious"
+
+
+async def test_accepted_connections_have_nagle_off() -> None:
+    (listener,) = bind_tcp("127.0.0.1", 0)
+    with trio.fail_after(10):
+        client = await connect(socket.AF_INET, listener.sock.getsockname())
+        server, _ = await listener.accept()
+    for s in (client, server):
+        assert s.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        s.close()
+    listener.close()
