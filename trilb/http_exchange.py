@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import h11
 import trio
@@ -25,10 +25,11 @@ from .core.headers import request_headers_for_server, response_headers_for_clien
 from .core.http1 import (
     LAST_CHUNK,
     Framing,
-    client_keeps_alive,
+    HeadInfo,
+    body_framing,
     encode_chunk,
+    inspect_head,
     request_head,
-    response_framing,
     response_head,
 )
 from .core.responses import error_body, error_headers
@@ -78,6 +79,16 @@ def _response_parser(method: bytes) -> h11.Connection:
     return parser
 
 
+class ParsedRequest(NamedTuple):
+    """A request head as read from the client, with what the proxy needs to know of it."""
+
+    parser: h11.Connection  # the h11 server-side connection that parsed it (holds the body)
+    request: h11.Request
+    fields: list[tuple[bytes, bytes]]  # its header fields as sent (original case)
+    info: HeadInfo
+    started: float  # monotonic time the request began
+
+
 class ClientGone(Exception):
     """The client side failed (closed, reset, timed out): nothing more can be said to it."""
 
@@ -115,6 +126,8 @@ class Exchange:
         "_deadline",
         "body_left",
         "chunked",
+        "fields",
+        "info",
         "keep_client",
         "parser",
         "phase",
@@ -127,32 +140,22 @@ class Exchange:
         "started",
     )
 
-    def __init__(
-        self,
-        session: ClientSession,
-        parser: h11.Connection,
-        request: h11.Request,
-        record: RequestLog,
-        started: float,
-    ) -> None:
+    def __init__(self, session: ClientSession, parsed: ParsedRequest, record: RequestLog) -> None:
         self.session = session
-        self.parser = parser  # h11 server-side connection that parsed the request
-        self.request = request
+        self.parser = parsed.parser
+        self.request = parsed.request
+        self.fields = parsed.fields
+        self.info = parsed.info
         self.record = record
-        self.started = started
+        self.started = parsed.started
         self.scope = trio.CancelScope()
         self._deadline = math.inf  # self.scope's deadline, kept here: reading trio's costs too
         self.phase = SERVER_TURN
         self.responded = False  # the response head went out to the client
-        self.chunked = False
-        self.body_left = 0  # Content-Length bytes of the request body not yet relayed
-        for name, value in request.headers:
-            if name == b"transfer-encoding":
-                self.chunked = True
-            elif name == b"content-length":
-                self.body_left = int(value)
+        self.chunked = parsed.info.chunked
+        self.body_left = max(0, parsed.info.length)  # request body bytes not relayed yet
         self.request_done = not (self.chunked or self.body_left)
-        self.keep_client = client_keeps_alive(request.http_version, request.headers)
+        self.keep_client = parsed.info.keep_alive
 
     # -- choosing a server and retrying ---------------------------------------------------------
 
@@ -171,11 +174,11 @@ class Exchange:
                 session.buffer = bytearray(pipelined)
         request = self.request
         headers = request_headers_for_server(
-            request.headers.raw_items(), chunked=self.chunked, forwarded=session.forwarded
+            self.fields, chunked=self.chunked, forwarded=session.forwarded
         )
         # The request goes out as HTTP/1.1, which requires Host; an HTTP/1.0 client may have sent
         # none. Then, as nginx does, the server's own address is named (per attempt, below).
-        has_host = any(name == b"host" for name, _ in request.headers)
+        has_host = self.info.has_host
         head = request_head(request.method, request.target, headers) if has_host else b""
         replayable = request.method in IDEMPOTENT and self.request_done
         tried: set[int] = set()
@@ -427,9 +430,11 @@ class Exchange:
                 raise ServerFailed(502, "SH", f"unexpected {type(event).__name__}")
         record.t_response = millis(self.started, time.monotonic())
         record.status = event.status_code
-        framing, length = response_framing(request.method, event.status_code, event.headers)
-        server_keeps_alive = client_keeps_alive(event.http_version, event.headers)
-        headers = response_headers_for_client(event.headers.raw_items())
+        fields = event.headers.raw_items()
+        info = inspect_head(event.http_version, fields)
+        framing, length = body_framing(request.method, event.status_code, info)
+        server_keeps_alive = info.keep_alive
+        headers = response_headers_for_client(fields)
         to_chunk = False
         if framing is Framing.CHUNKED or framing is Framing.UNTIL_CLOSE:
             if request.http_version == b"1.1":

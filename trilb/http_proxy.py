@@ -28,14 +28,15 @@ import trio
 from .core.accesslog import RequestLog, millis
 from .core.framing import (
     HeadProblem,
+    check_head_info,
     check_incomplete_head,
-    check_parsed_head,
     check_raw_head,
     find_head_end,
 )
 from .core.headers import Forwarded
+from .core.http1 import inspect_head
 from .core.responses import raw_error_response
-from .http_exchange import RECEIVE_SIZE, ClientGone, Exchange
+from .http_exchange import RECEIVE_SIZE, ClientGone, Exchange, ParsedRequest
 from .net import TCPStream
 
 if TYPE_CHECKING:
@@ -125,10 +126,11 @@ class ClientSession:
             frontend=self.frontend.name,
             tls=self.tls,
         )
-        got = await self._read_head(first, record)
-        if got is None:
+        parsed = await self._read_head(first, record)
+        if parsed is None:
             return False
-        conn, request, started = got
+        request = parsed.request
+        started = parsed.started
         fe = self.frontend
         record.t_request = millis(started, time.monotonic())
         method = request.method.decode("ascii", "replace")
@@ -137,7 +139,7 @@ class ClientSession:
         fe.counters.total_requests += 1
         fe.counters.current_requests += 1
         try:
-            keep = await Exchange(self, conn, request, record, started).run()
+            keep = await Exchange(self, parsed, record).run()
         finally:
             fe.counters.current_requests -= 1
             record.t_active = millis(started, time.monotonic())
@@ -149,9 +151,7 @@ class ClientSession:
 
     # -- reading a request head -----------------------------------------------------------------
 
-    async def _read_head(
-        self, first: bool, record: RequestLog
-    ) -> tuple[h11.Connection, h11.Request, float] | None:
+    async def _read_head(self, first: bool, record: RequestLog) -> ParsedRequest | None:
         """The next request, parsed, and when it started (monotonic: the accept for a first
         request, its first byte for later ones); None when the client closed or idled out between
         requests. Refuses bad heads itself (4xx, logged) and then returns None."""
@@ -212,17 +212,18 @@ class ClientSession:
             await self._refuse(HeadProblem(status, str(exc)), record)
             return None
         assert isinstance(event, h11.Request), event
-        problem = check_parsed_head(event.headers)
+        fields = event.headers.raw_items()
+        info = inspect_head(event.http_version, fields)
+        problem = check_head_info(info)
         if problem is None and event.method == b"CONNECT":
             problem = HeadProblem(405, "CONNECT is not enabled")
-        if problem is None and (max_body := limits.max_request_body) is not None:
-            length = _content_length(event)
-            if length is not None and length > max_body:
-                problem = HeadProblem(413, f"body of {length} bytes exceeds max_request_body")
+        max_body = limits.max_request_body
+        if problem is None and max_body is not None and info.length > max_body:
+            problem = HeadProblem(413, f"body of {info.length} bytes exceeds max_request_body")
         if problem is not None:
             await self._refuse(problem, record)
             return None
-        return conn, event, started
+        return ParsedRequest(conn, event, fields, info, started)
 
     async def _wait_first_bytes(self, first: bool) -> bytes:
         """Wait for a request to start; b"" when the client closes, idles out or we drain."""
@@ -309,10 +310,3 @@ class ClientSession:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientGone("CD") from exc
         self.frontend.counters.bytes_out += len(data)
-
-
-def _content_length(request: h11.Request) -> int | None:
-    for name, value in request.headers:
-        if name == b"content-length":
-            return int(value)
-    return None

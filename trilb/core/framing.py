@@ -14,8 +14,11 @@ from collections.abc import Sequence
 
 import attrs
 
+from .http1 import HeadInfo, inspect_head
+
 __all__ = [
     "HeadProblem",
+    "check_head_info",
     "check_incomplete_head",
     "check_parsed_head",
     "check_raw_head",
@@ -87,13 +90,12 @@ def check_raw_head(
 
 
 def check_parsed_head(headers: Sequence[tuple[bytes, bytes]]) -> HeadProblem | None:
-    """Checks on h11's parsed (lower-cased) headers."""
-    has_length = has_encoding = False
-    for name, _ in headers:
-        if name == b"content-length":
-            has_length = True
-        elif name == b"transfer-encoding":
-            has_encoding = True
-    if has_length and has_encoding:
+    """Checks on the header fields h11 parsed."""
+    return check_head_info(inspect_head(b"1.1", headers))
+
+
+def check_head_info(info: HeadInfo) -> HeadProblem | None:
+    """Checks on what :func:`~trilb.core.http1.inspect_head` found."""
+    if info.length >= 0 and info.chunked:
         return HeadProblem(400, "both Content-Length and Transfer-Encoding")
     return None

@@ -12,12 +12,16 @@ import enum
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from http import HTTPStatus
+from typing import NamedTuple
 
 __all__ = [
     "LAST_CHUNK",
     "Framing",
+    "HeadInfo",
+    "body_framing",
     "client_keeps_alive",
     "encode_chunk",
+    "inspect_head",
     "request_head",
     "response_framing",
     "response_head",
@@ -37,37 +41,56 @@ class Framing(enum.Enum):
     UNTIL_CLOSE = "until-close"  # a response that ends when the server closes
 
 
-def response_framing(
-    request_method: bytes, status: int, headers: Iterable[Header]
-) -> tuple[Framing, int]:
-    """RFC 9112 section 6.3 for a response; ``headers`` are h11's parsed (lower-case) ones.
+class HeadInfo(NamedTuple):
+    """What the proxy needs to know of a message's header fields, gathered in one pass."""
 
-    Returns the framing and, for ``LENGTH``, the length.
-    """
+    length: int  # Content-Length, -1 when absent
+    chunked: bool  # Transfer-Encoding present (h11 admits only "chunked")
+    has_host: bool
+    keep_alive: bool  # the sender lets the connection persist (RFC 9112 section 9.3)
+
+
+def inspect_head(http_version: bytes, headers: Iterable[Header]) -> HeadInfo:
+    """One pass over (name, value) fields in any case: iterating h11's ``Headers`` costs a
+    method call per field, so the proxy reads ``raw_items()`` once and asks everything here."""
+    length = -1
+    chunked = has_host = False
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"content-length":
+            length = int(value)
+        elif lower == b"transfer-encoding":
+            chunked = True
+        elif lower == b"host":
+            has_host = True
+        elif lower == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    keep_alive = b"close" not in tokens and (http_version == b"1.1" or b"keep-alive" in tokens)
+    return HeadInfo(length, chunked, has_host, keep_alive)
+
+
+def body_framing(request_method: bytes, status: int, info: HeadInfo) -> tuple[Framing, int]:
+    """RFC 9112 section 6.3 for a response: the framing and, for ``LENGTH``, the length."""
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         return Framing.NONE, 0
-    length = -1
-    for name, value in headers:
-        if name == b"transfer-encoding":
-            return Framing.CHUNKED, 0
-        if name == b"content-length":
-            length = int(value)
-    if length >= 0:
-        return Framing.LENGTH, length
+    if info.chunked:
+        return Framing.CHUNKED, 0
+    if info.length >= 0:
+        return Framing.LENGTH, info.length
     return Framing.UNTIL_CLOSE, 0
 
 
+def response_framing(
+    request_method: bytes, status: int, headers: Iterable[Header]
+) -> tuple[Framing, int]:
+    """:func:`body_framing` from the header fields themselves."""
+    return body_framing(request_method, status, inspect_head(b"1.1", headers))
+
+
 def client_keeps_alive(http_version: bytes, headers: Iterable[Header]) -> bool:
-    """Whether the client lets the connection persist after this request (RFC 9112 section 9.3)."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    if b"close" in tokens:
-        return False
-    if http_version == b"1.1":
-        return True
-    return b"keep-alive" in tokens
+    """Whether the sender lets the connection persist after this message (RFC 9112 section 9.3)."""
+    return inspect_head(http_version, headers).keep_alive
 
 
 def _header_block(headers: Sequence[Header]) -> bytes:
