@@ -44,12 +44,13 @@ YIELD_EVERY = 16
 class TCPStream(trio.abc.HalfCloseableStream):
     """A connected, non-blocking socket."""
 
-    __slots__ = ("_closed", "_ready_streak", "sock")
+    __slots__ = ("_closed", "_ready_streak", "_waiting", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._closed = False
         self._ready_streak = 0
+        self._waiting = 0  # tasks inside wait_readable/wait_writable on this socket
 
     async def _maybe_yield(self) -> None:
         self._ready_streak += 1
@@ -68,7 +69,11 @@ class TCPStream(trio.abc.HalfCloseableStream):
                 data = sock.recv(size)
             except BlockingIOError:
                 self._ready_streak = 0
-                await wait_readable(sock)
+                self._waiting += 1
+                try:
+                    await wait_readable(self.sock)
+                finally:
+                    self._waiting -= 1
                 data = sock.recv(size)
             else:
                 await self._maybe_yield()
@@ -96,7 +101,11 @@ class TCPStream(trio.abc.HalfCloseableStream):
         self._ready_streak = 0
         sock = self.sock
         try:
-            await wait_readable(sock)
+            self._waiting += 1
+            try:
+                await wait_readable(self.sock)
+            finally:
+                self._waiting -= 1
             return sock.recv(max_bytes)
         except BlockingIOError:
             return await self.receive_some(max_bytes)  # woken spuriously
@@ -119,7 +128,11 @@ class TCPStream(trio.abc.HalfCloseableStream):
             self._ready_streak = 0
             view = memoryview(data)
             while sent < len(view):
-                await wait_writable(sock)
+                self._waiting += 1
+                try:
+                    await wait_writable(self.sock)
+                finally:
+                    self._waiting -= 1
                 try:
                     sent += sock.send(view[sent:])
                 except BlockingIOError:
@@ -130,7 +143,11 @@ class TCPStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the stream was closed")
-        await wait_writable(self.sock)
+        self._waiting += 1
+        try:
+            await wait_writable(self.sock)
+        finally:
+            self._waiting -= 1
 
     async def send_eof(self) -> None:
         await checkpoint_if_cancelled()
@@ -155,7 +172,8 @@ class TCPStream(trio.abc.HalfCloseableStream):
         """Close at once (synchronous: usable from ``finally`` and from pool clean-up)."""
         if not self._closed:
             self._closed = True
-            notify_closing(self.sock)  # wakes a task waiting on it with ClosedResourceError
+            if self._waiting:  # wake them with ClosedResourceError; else spare the system call
+                notify_closing(self.sock)
             self.sock.close()
 
     async def aclose(self) -> None:
