@@ -19,6 +19,7 @@ from .config import (
     LogConfig,
     ServerConfig,
     Timeouts,
+    TLSConfig,
     load_config,
     loads_config,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ServerStatistics",
     "StartupError",
     "Statistics",
+    "TLSConfig",
     "Timeouts",
     "TrafficStatistics",
     "TrilbError",

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 import pytest
 
+import trilb
 from trilb.config import (
     Address,
     BackendConfig,
@@ -302,7 +303,20 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("redirect-https", web(redirect_https=True), "frontends.web.redirect_https", PLANNED),
     ("accept-proxy", web(accept_proxy=False), "frontends.web.accept_proxy", PLANNED),
     ("rate-limit", web(rate_limit={"requests": 100}), "frontends.web.rate_limit", PLANNED),
-    ("frontend-tls", web(tls={"certificates": []}), "frontends.web.tls", PLANNED),
+    ("tls-no-certificates", web(tls={}), "frontends.web.tls.certificates", "required"),
+    ("tls-empty-certificates", web(tls={"certificates": []}), "frontends.web.tls.certificates", "at least one is required"),
+    ("tls-certificates-type", web(tls={"certificates": [1]}), "frontends.web.tls.certificates", "must be a path or an array of paths, got [1]"),
+    ("tls-alpn-h2", web(tls={"certificates": "a.pem", "alpn": ["h2", "http/1.1"]}), "frontends.web.tls.alpn", f'"h2" is {PLANNED}'),
+    ("tls-alpn-type", web(tls={"certificates": "a.pem", "alpn": "http/1.1"}), "frontends.web.tls.alpn", 'must be an array like ["http/1.1"]'),
+    ("tls-alpn-no-http11", web(tls={"certificates": "a.pem", "alpn": []}), "frontends.web.tls.alpn", 'must include "http/1.1"'),
+    ("tls-min-version", web(tls={"certificates": "a.pem", "min_version": "1.1"}), "frontends.web.tls.min_version", 'must be one of "1.2", "1.3", got "1.1"'),
+    ("tls-versions-backwards", web(tls={"certificates": "a.pem", "min_version": "1.3", "max_version": "1.2"}), "frontends.web.tls.max_version", "is below min_version (1.2 < 1.3)"),
+    ("tls-verify-needs-ca", web(tls={"certificates": "a.pem", "verify_client": "required"}), "frontends.web.tls.client_ca", 'required when verify_client is "required"'),
+    ("tls-verify-typo", web(tls={"certificates": "a.pem", "verify_client": "yes"}), "frontends.web.tls.verify_client", 'must be one of "none", "optional", "required", got "yes"'),
+    ("tls-header-name", web(tls={"certificates": "a.pem", "client_cert_header": "X Bad"}), "frontends.web.tls.client_cert_header", "must be a header name"),
+    ("tls-ciphersuites", web(tls={"certificates": "a.pem", "ciphersuites": "TLS_AES_128_GCM_SHA256"}), "frontends.web.tls.ciphersuites", "no API for TLS 1.3 cipher suites"),
+    ("tls-typo", web(tls={"certificates": "a.pem", "min_verison": "1.2"}), "frontends.web.tls.min_verison", "unknown key (did you mean 'min_version'?)"),
+    ("frontend-handshake-timeout", web(timeout_handshake="soon"), "frontends.web.timeout_handshake", 'got "soon"'),
     ("routes", web(routes=[{"backend": "app"}]), "frontends.web.routes", PLANNED),
     # [backends.NAME]
     ("balance-typo", app(balance="roundrobbin"), "backends.app.balance", 'must be one of "roundrobin", "static-rr", got "roundrobbin" (did you mean \'roundrobin\'?)'),
@@ -375,7 +389,7 @@ def test_every_problem_is_reported_together() -> None:
     [frontends.web]
     bind = ["*:80", "nonsense"]
     default_backend = "wordpres"
-    tls = {}
+    routes = []
     [backends.wordpress]
     servers = [
       { name = "wp1", address = "10.0.0.11:80", weight = 100 },
@@ -389,7 +403,7 @@ def test_every_problem_is_reported_together() -> None:
         'got "auto"',
         "defaults.timeout_conect: unknown key (did you mean 'timeout_connect'?)",
         'frontends.web.bind[1]: must be "host:port", got "nonsense" (no port)',
-        f"frontends.web.tls: {PLANNED}",
+        f"frontends.web.routes: {PLANNED}",
         'backends.wordpress.servers[1].weight: must be an integer 0-256, got "heavy"',
         "frontends.web.default_backend: no backend named 'wordpres' (did you mean 'wordpress'?)",
         "backends.wordpress.servers[1].name: 'wp1' is used twice",
@@ -606,3 +620,30 @@ def test_model_converters_raise_config_error(make: Any, key_path: str, message: 
 def test_address_str_round_trips(address: Address, text: str) -> None:
     assert str(address) == text
     assert FrontendConfig(name="f", bind=[text, address]).bind == (address, address)
+
+
+def test_tls_table_loads_with_defaults_and_resolves_paths(tmp_path: Path) -> None:
+    path = tmp_path / "trilb.toml"
+    path.write_text(
+        """
+        [frontends.web]
+        bind = "127.0.0.1:8443"
+        default_backend = "app"
+        timeout_handshake = "3s"
+        tls = { certificates = ["certs/site.pem", "/abs/dir"], client_ca = "ca.pem", verify_client = "optional" }
+        [backends.app]
+        servers = [{ name = "a", address = "127.0.0.1:9000" }]
+        """
+    )
+    frontend = load_config(path).frontend("web")
+    assert frontend.timeouts.handshake == 3.0
+    tls = frontend.tls
+    assert tls is not None
+    assert tls.certificates == (str(tmp_path / "certs/site.pem"), "/abs/dir")
+    assert tls.client_ca == str(tmp_path / "ca.pem")
+    assert tls.verify_client == "optional"
+    assert (tls.alpn, tls.min_version, tls.max_version) == (("http/1.1",), "1.2", "1.3")
+    assert "ECDHE-ECDSA-AES128-GCM-SHA256" in tls.ciphers
+    assert tls.client_cert_header == "X-Client-Cert-Subject"
+    assert load_config(path) == load_config(path)
+    assert trilb.TLSConfig(certificates="a.pem").certificates == ("a.pem",)

@@ -10,6 +10,7 @@ from .model import (
     LogConfig,
     ServerConfig,
     Timeouts,
+    TLSConfig,
 )
 from .values import Address, parse_duration, parse_size
 
@@ -22,6 +23,7 @@ __all__ = [
     "Limits",
     "LogConfig",
     "ServerConfig",
+    "TLSConfig",
     "Timeouts",
     "load_config",
     "loads_config",

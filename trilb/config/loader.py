@@ -27,10 +27,13 @@ import attrs
 from .._version import __version__
 from ..errors import ConfigError, ConfigProblem
 from .model import (
+    ALPN_PROTOCOLS,
     BALANCE_ALGORITHMS,
     LOG_FORMATS,
     LOG_TARGETS,
     MODES,
+    TLS_VERSIONS,
+    VERIFY_CLIENT,
     BackendConfig,
     Config,
     FrontendConfig,
@@ -39,6 +42,7 @@ from .model import (
     LogConfig,
     ServerConfig,
     Timeouts,
+    TLSConfig,
     did_you_mean,
 )
 from .values import Address, parse_address, parse_duration, parse_size
@@ -53,7 +57,7 @@ _PLANNED = "not supported yet in trilb {}.{} (planned)".format(*__version__.spli
 # Keys of the contract that a later version implements: named, so they are neither ignored nor
 # mistaken for typos.
 _PLANNED_TOP = ("stats", "admin")
-_PLANNED_FRONTEND = ("redirect_https", "accept_proxy", "rate_limit", "tls", "routes")
+_PLANNED_FRONTEND = ("redirect_https", "accept_proxy", "rate_limit", "routes")
 _PLANNED_BACKEND = ("cookie", "health_check")
 _PLANNED_SERVER = ("backup", "max_connections", "slow_start", "tls", "send_proxy")
 _PLANNED_BALANCE = ("leastconn", "first", "source", "uri", "random", "url_param:", "header:")
@@ -63,6 +67,8 @@ _GLOBAL = GlobalConfig()
 _BACKEND = BackendConfig(name="", servers=())
 _FRONTEND = FrontendConfig(name="", bind=())
 _SERVER = ServerConfig(name="", address=Address())
+_TLS = TLSConfig(certificates=())
+_NO_PATHS: tuple[str, ...] = ()
 
 #: HAProxy's rule for names; they appear in logs, stats and (later) cookies, so no spaces or quotes
 _NAME = re.compile(r"[A-Za-z0-9_.:-]+")
@@ -318,7 +324,17 @@ def _server_address(value: object) -> Address:
     return address
 
 
+def _header_name(value: object) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise ValueError(f'must be a header name like "X-Client-Cert", got {_show(value)}')
+    return value
+
+
 _RETRIES = _int(0, 100)
+_ALPN = _choice(ALPN_PROTOCOLS, planned=("h2",))
+_TLS_VERSION = _choice(TLS_VERSIONS, planned=())
+_VERIFY_CLIENT = _choice(VERIFY_CLIENT)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _POOL_MAX_IDLE = _int(0)
 _MODE = _choice(MODES, planned=("tcp",))
 _BALANCE = _choice(BALANCE_ALGORITHMS, _PLANNED_BALANCE)
@@ -449,9 +465,48 @@ class _Loader:
             forwarded_for=table.get("forwarded_for", _bool, defaults.forwarded_for),
             timeouts=_timeouts(table, defaults.timeouts),
             limits=_limits(table, defaults.limits),
+            tls=self.tls(table.table("tls")) if "tls" in table.data else None,
         )
         table.finish()
         return result
+
+    def tls(self, table: _Table) -> TLSConfig:
+        def paths(value: object) -> tuple[str, ...]:
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+                raise ValueError(f"must be a path or an array of paths, got {_show(value)}")
+            return tuple(self.resolve(item) for item in items)
+
+        def alpn(value: object) -> tuple[str, ...]:
+            if not isinstance(value, list):
+                raise ValueError(f'must be an array like ["http/1.1"], got {_show(value)}')
+            return tuple(_ALPN(item) for item in value)
+
+        result = TLSConfig(
+            certificates=table.get("certificates", paths, _NO_PATHS, required=True),
+            alpn=table.get("alpn", alpn, _TLS.alpn),
+            min_version=table.get("min_version", _TLS_VERSION, _TLS.min_version),
+            max_version=table.get("max_version", _TLS_VERSION, _TLS.max_version),
+            ciphers=table.get("ciphers", _str, _TLS.ciphers),
+            client_ca=table.get("client_ca", lambda v: self.resolve(_str(v)), None),
+            verify_client=table.get("verify_client", _VERIFY_CLIENT, _TLS.verify_client),
+            client_cert_header=table.get(
+                "client_cert_header", _header_name, _TLS.client_cert_header
+            ),
+        )
+        if "ciphersuites" in table.data:
+            table.known.append("ciphersuites")
+            table.problem(
+                table.key_path("ciphersuites"),
+                "cannot be set: Python's ssl module has no API for TLS 1.3 cipher suites "
+                "(OpenSSL's defaults are used: all AEAD and forward secret)",
+            )
+        table.finish()
+        return result
+
+    def resolve(self, path: str) -> str:
+        """Relative file paths are relative to the config file's folder."""
+        return str(self.base_dir / path) if self.base_dir is not None else path
 
     def check_bound_once(self, addresses: list[Address], path: str) -> None:
         """An address given twice would fail at startup (or, with SO_REUSEPORT, be shared)."""

@@ -19,6 +19,7 @@ from ..errors import ConfigError, ConfigProblem
 from .values import Address, parse_binds
 
 __all__ = [
+    "INTERMEDIATE_CIPHERS",
     "BackendConfig",
     "Config",
     "FrontendConfig",
@@ -26,6 +27,7 @@ __all__ = [
     "Limits",
     "LogConfig",
     "ServerConfig",
+    "TLSConfig",
     "Timeouts",
     "reference_problems",
 ]
@@ -58,6 +60,8 @@ class Timeouts:
     tunnel: float = 3600.0
     #: how long an idle pooled server connection is kept for reuse
     pool_idle: float = 30.0
+    #: a TLS handshake must complete within this (HAProxy's ``timeout client-hs``)
+    handshake: float = 10.0
 
 
 @attrs.frozen(kw_only=True)
@@ -73,6 +77,50 @@ class Limits:
     max_headers: int = 100  # 431 beyond it (HAProxy: tune.http.maxhdr = 101)
     #: 413 beyond it; None = unlimited (streamed, never buffered)
     max_request_body: int | None = None
+
+
+#: Mozilla's "intermediate" TLS 1.2 cipher list (forward secret AEAD only); TLS 1.3 suites are
+#: OpenSSL's defaults, which are all AEAD and forward secret (the stdlib cannot change them)
+INTERMEDIATE_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "DHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+TLSVersion = Literal["1.2", "1.3"]
+TLS_VERSIONS: tuple[TLSVersion, ...] = ("1.2", "1.3")
+VerifyClient = Literal["none", "optional", "required"]
+VERIFY_CLIENT: tuple[VerifyClient, ...] = ("none", "optional", "required")
+ALPN_PROTOCOLS = ("http/1.1",)
+
+
+def _strings(value: str | Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class TLSConfig:
+    """TLS termination on a frontend."""
+
+    #: PEM files (certificate chain and key, or a chain with a ``.key`` file beside it) and
+    #: directories of them; SNI picks the best match, the first certificate is the default
+    certificates: tuple[str, ...] = attrs.field(converter=_strings)
+    alpn: tuple[str, ...] = attrs.field(default=("http/1.1",), converter=_strings)
+    min_version: TLSVersion = "1.2"
+    max_version: TLSVersion = "1.3"
+    ciphers: str = INTERMEDIATE_CIPHERS
+    #: CA certificates that client certificates are verified against
+    client_ca: str | None = None
+    verify_client: VerifyClient = "none"
+    #: request header that carries a verified client certificate's subject to the servers
+    client_cert_header: str = "X-Client-Cert-Subject"
 
 
 @attrs.frozen(kw_only=True)
@@ -130,6 +178,7 @@ class FrontendConfig:
     forwarded_for: bool = False
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
+    tls: TLSConfig | None = None
 
 
 def _frontends(value: Iterable[FrontendConfig]) -> tuple[FrontendConfig, ...]:
@@ -173,6 +222,28 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _tls_problems(tls: TLSConfig, path: str) -> list[ConfigProblem]:
+    problems = []
+    if not tls.certificates:
+        problems.append(ConfigProblem(f"{path}.certificates", "at least one is required"))
+    if TLS_VERSIONS.index(tls.max_version) < TLS_VERSIONS.index(tls.min_version):
+        problems.append(
+            ConfigProblem(
+                f"{path}.max_version",
+                f"is below min_version ({tls.max_version} < {tls.min_version})",
+            )
+        )
+    if tls.verify_client != "none" and tls.client_ca is None:
+        problems.append(
+            ConfigProblem(
+                f"{path}.client_ca", f'required when verify_client is "{tls.verify_client}"'
+            )
+        )
+    if "http/1.1" not in tls.alpn:
+        problems.append(ConfigProblem(f"{path}.alpn", 'must include "http/1.1"'))
+    return problems
+
+
 def reference_problems(config: Config) -> list[ConfigProblem]:
     """What is inconsistent across sections: names, references, modes. Empty when all is well."""
     problems: list[ConfigProblem] = []
@@ -190,6 +261,8 @@ def reference_problems(config: Config) -> list[ConfigProblem]:
     modes: dict[str, str] = {b.name: b.mode for b in config.backends}
     for frontend in config.frontends:
         path = f"frontends.{frontend.name}"
+        if frontend.tls is not None:
+            problems.extend(_tls_problems(frontend.tls, f"{path}.tls"))
         if not frontend.bind:
             problems.append(ConfigProblem(f"{path}.bind", "at least one address is required"))
         if frontend.default_backend is None:
