@@ -18,9 +18,11 @@ import trio
 
 from .backend import BackendRuntime, resolve_backend
 from .config import Address, Config
+from .errors import ConfigError, ConfigProblem
 from .frontend import ConnectionSlots, FrontendRuntime, open_listeners
 from .logsink import LogSink
 from .stats import Statistics
+from .tls import ServerTLS, describe, load_server_tls
 
 __all__ = ["Balancer", "open_balancer", "serve"]
 
@@ -106,7 +108,12 @@ class Balancer:
     def _log_start(self) -> None:
         for fe in self._frontends:
             where = ", ".join(str(a) for a in fe.addresses)
-            self.log.info(f"frontend {fe.name} listening on {where} -> backend {fe.backend.name}")
+            tls = " (TLS)" if fe.tls is not None else ""
+            self.log.info(
+                f"frontend {fe.name} listening on {where}{tls} -> backend {fe.backend.name}"
+            )
+            if fe.tls is not None:
+                self.log.info(f"frontend {fe.name} certificates: {describe(fe.tls.certificates)}")
 
 
 async def serve(
@@ -132,6 +139,8 @@ async def serve(
         backends[backend_config.name] = await resolve_backend(backend_config)
     # Connections beyond the global cap wait in the kernel's listen backlog.
     slots = ConnectionSlots(config.global_.max_connections)
+    # Certificates are read and checked before any port opens: a bad one stops the start.
+    server_tls = load_frontend_tls(config)
     frontends: list[FrontendRuntime] = []
     try:
         for fe_config in config.frontends:
@@ -139,7 +148,12 @@ async def serve(
             listeners = open_listeners(fe_config)
             frontends.append(
                 FrontendRuntime(
-                    fe_config, backends[fe_config.default_backend], listeners, log, slots
+                    fe_config,
+                    backends[fe_config.default_backend],
+                    listeners,
+                    log,
+                    slots,
+                    server_tls.get(fe_config.name),
                 )
             )
     except BaseException:
@@ -148,6 +162,22 @@ async def serve(
                 listener.close()
         raise
     await Balancer(config, frontends, backends, log)._run(task_status)
+
+
+def load_frontend_tls(config: Config) -> dict[str, ServerTLS]:
+    """Every TLS frontend's certificates and contexts; ConfigError lists all the problems."""
+    result: dict[str, ServerTLS] = {}
+    problems: list[ConfigProblem] = []
+    for frontend in config.frontends:
+        if frontend.tls is None:
+            continue
+        try:
+            result[frontend.name] = load_server_tls(frontend.tls, f"frontends.{frontend.name}.tls")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return result
 
 
 @asynccontextmanager

@@ -13,6 +13,7 @@ from .errors import StartupError
 from .http_proxy import ClientSession
 from .net import TCPListener, TCPStream, bind_tcp, bind_unix
 from .stats import Counters, FrontendStatistics
+from .tls import HandshakeFailed, HandshakeRecord, ServerTLS, server_handshake
 
 if TYPE_CHECKING:
     from .backend import BackendRuntime
@@ -31,11 +32,12 @@ class ConnectionSlots:
     balancer is full (new connections meanwhile wait in the kernel's listen backlog). Cheaper
     than a semaphore: taking a free slot does not yield, and that happens for every connection."""
 
-    __slots__ = ("_lot", "limit", "used")
+    __slots__ = ("_lot", "active", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.used = 0
+        self.used = 0  # taken: open connections, and accept loops about to accept one
+        self.active = 0  # open client connections (HAProxy's actconn)
         self._lot = trio.lowlevel.ParkingLot()
 
     async def acquire(self) -> None:
@@ -59,8 +61,10 @@ class FrontendRuntime:
         listeners: list[TCPListener],
         log: LogSink,
         slots: ConnectionSlots,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.config = config
+        self.tls = tls
         self.name = config.name
         self.backend = backend
         self.listeners = listeners
@@ -77,7 +81,7 @@ class FrontendRuntime:
     @property
     def active_connections(self) -> int:
         """Client connections open on the whole balancer (HAProxy's actconn)."""
-        return self._slots.used
+        return self._slots.active
 
     @property
     def addresses(self) -> tuple[Address, ...]:
@@ -114,19 +118,49 @@ class FrontendRuntime:
         counters = self.counters
         counters.current_connections += 1
         counters.total_connections += 1
+        self._slots.active += 1
         self._next_id += 1
         conn_id = self._next_id
+        peer = _peer(peer_name)
         try:
-            await ClientSession(stream, self, _peer(peer_name), local_port).run()
+            if self.tls is None:
+                await ClientSession(stream, self, peer, local_port).run()
+                return
+            handshake = await self._handshake(stream, self.tls, peer)
+            if handshake is not None:
+                client, subject = handshake
+                await ClientSession(
+                    client, self, peer, local_port, tls=True, client_cert=subject
+                ).run()
         except Exception as exc:  # noqa: BLE001 - the error boundary of one connection
             self.log.error(f"frontend {self.name} connection #{conn_id}: internal error: {exc!r}")
             self.log.debug(traceback.format_exc())
             stream.close()
         finally:
             counters.current_connections -= 1
+            self._slots.active -= 1
             self._slots.release()
             if self.draining and counters.current_connections == 0:
                 self.connections_done.set()
+
+    async def _handshake(
+        self, stream: TCPStream, tls: ServerTLS, peer: tuple[str, int]
+    ) -> tuple[trio.SSLStream[trio.abc.Stream], str | None] | None:
+        """TLS for a new connection within ``timeout_handshake``; None (logged, closed) if not."""
+        record = HandshakeRecord()
+        timeout = self.config.timeouts.handshake
+        try:
+            with trio.move_on_after(timeout):
+                return await server_handshake(stream, tls, record)
+            raise HandshakeFailed(f"no handshake within {timeout:g}s", record.server_name)
+        except HandshakeFailed as failure:
+            stream.close()
+            self.counters.handshake_errors += 1
+            self.log.warning(
+                f"{peer[0]}:{peer[1]} frontend {self.name}: TLS handshake failed: "
+                f"{failure.reason} (SNI {failure.server_name or '-'})"
+            )
+            return None
 
     def start_drain(self) -> None:
         """Stop accepting and wake idle keep-alive connections so they close."""

@@ -176,6 +176,11 @@ class Exchange:
         headers = request_headers_for_server(
             self.fields, chunked=self.chunked, forwarded=session.forwarded
         )
+        if session.cert_header is not None:
+            lower, name, subject = session.cert_header
+            headers = [h for h in headers if h[0].lower() != lower]
+            if subject is not None:
+                headers.append((name, subject))
         # The request goes out as HTTP/1.1, which requires Host; an HTTP/1.0 client may have sent
         # none. Then, as nginx does, the server's own address is named (per attempt, below).
         has_host = self.info.has_host

@@ -67,6 +67,7 @@ class ClientSession:
 
     __slots__ = (
         "buffer",
+        "cert_header",
         "client_ip",
         "client_port",
         "forwarded",
@@ -87,6 +88,7 @@ class ClientSession:
         local_port: int,
         *,
         tls: bool = False,
+        client_cert: str | None = None,
     ) -> None:
         self.stream = stream
         self.frontend = frontend
@@ -97,6 +99,14 @@ class ClientSession:
         self.limits = frontend.config.limits
         self.buffer = bytearray()  # received, not yet parsed (the next pipelined request)
         self.log = frontend.log
+        #: with client certificates configured, the header that carries the verified subject:
+        #: (lower-case name, name, value or None); a client-sent header of that name never passes
+        self.cert_header: tuple[bytes, bytes, bytes | None] | None = None
+        tls_config = frontend.tls.config if frontend.tls is not None else None
+        if tls_config is not None and tls_config.verify_client != "none":
+            name = tls_config.client_cert_header.encode("ascii")
+            value = client_cert.encode("utf-8") if client_cert is not None else None
+            self.cert_header = (name.lower(), name, value)
         #: what the servers learn about this client (``forwarded_for``); fixed per connection
         self.forwarded = (
             Forwarded(self.client_ip, "https" if tls else "http", local_port)

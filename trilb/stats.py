@@ -23,6 +23,7 @@ class Counters:
         "connect_errors",
         "current_connections",
         "current_requests",
+        "handshake_errors",
         "responses",
         "total_connections",
         "total_requests",
@@ -36,6 +37,7 @@ class Counters:
         self.bytes_in = 0  # from the client (frontend) / from the server (server)
         self.bytes_out = 0  # to the client (frontend) / to the server (server)
         self.connect_errors = 0
+        self.handshake_errors = 0  # failed or timed-out TLS handshakes (frontends)
         self.responses = [0, 0, 0, 0, 0, 0]  # other, 1xx, 2xx, 3xx, 4xx, 5xx
 
     def count_response(self, status: int) -> None:
@@ -51,6 +53,7 @@ class Counters:
             bytes_in=self.bytes_in,
             bytes_out=self.bytes_out,
             connect_errors=self.connect_errors,
+            handshake_errors=self.handshake_errors,
             responses_1xx=r[1],
             responses_2xx=r[2],
             responses_3xx=r[3],
@@ -69,6 +72,7 @@ class TrafficStatistics:
     bytes_in: int
     bytes_out: int
     connect_errors: int
+    handshake_errors: int
     responses_1xx: int
     responses_2xx: int
     responses_3xx: int
