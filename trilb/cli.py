@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from ._version import __version__
-from .balancer import Balancer, serve
+from .balancer import Balancer, load_frontend_tls, serve
 from .config import Config, load_config
 from .errors import ConfigError, TrilbError
 from .logsink import NORMAL, QUIET, VERBOSE, LogSink
@@ -54,6 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo_cmd.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     demo_cmd.add_argument("--backends", type=int, default=2, help="demo servers (default 2)")
+    certs_cmd = commands.add_parser(
+        "certs", help="write a local development CA and a certificate it signs (via trustme)"
+    )
+    certs_cmd.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="host names, *.wildcards or IP addresses (default: localhost 127.0.0.1 ::1)",
+    )
+    certs_cmd.add_argument(
+        "--dir", default="certs/dev", help="where to write (default certs/dev; made if missing)"
+    )
+    certs_cmd.add_argument(
+        "--key-type", choices=("ecdsa", "rsa"), default="ecdsa", help="(default ecdsa)"
+    )
     return parser
 
 
@@ -90,6 +105,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         start = functools.partial(run_demo, args.port, max(1, args.backends), log=log)
         trio.run(_run_until_signalled, start, log, 5.0)
         return EXIT_OK
+    if args.command == "certs":
+        from pathlib import Path
+
+        from .devcerts import describe, write_dev_certs
+
+        print(describe(write_dev_certs(Path(args.dir), args.names, key_type=args.key_type)))
+        return EXIT_OK
     raise AssertionError(args.command)  # argparse only accepts the commands above
 
 
@@ -113,6 +135,7 @@ def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException |
 
 def _check(path: str) -> int:
     config = load_config(path)
+    load_frontend_tls(config)  # certificate files are part of the configuration
     print(f"{path}: configuration is valid ({_summary(config)})")
     return EXIT_OK
 

@@ -132,17 +132,27 @@ def _key_type(key: object) -> str:
 
 
 def certificate_files(entry: str) -> list[str]:
-    """A file stands for itself; a directory for its certificate files (``*.pem``, ``*.crt``,
-    ``*.cer``; ``.key`` files are read beside their certificate), in name order."""
+    """A file stands for itself; a directory for its server certificates, in name order: the
+    ``*.pem``, ``*.crt`` and ``*.cer`` files that hold a certificate and have a private key (in
+    them or in a ``.key`` file beside them). Others there — a CA certificate, a key file, a
+    chain — are not server certificates and are passed over, as ``trilb certs`` writes
+    ``ca.pem`` and ``ca-key.pem`` next to the certificates it issues."""
     if not os.path.isdir(entry):
         return [entry]
-    files = sorted(
-        os.path.join(entry, name)
-        for name in os.listdir(entry)
-        if name.endswith(_CERT_SUFFIXES) and os.path.isfile(os.path.join(entry, name))
-    )
+    files = []
+    for name in sorted(os.listdir(entry)):
+        path = os.path.join(entry, name)
+        if not name.endswith(_CERT_SUFFIXES) or not os.path.isfile(path):
+            continue
+        data = _read(path)
+        has_key = _KEY_MARKER in data or os.path.exists(os.path.splitext(path)[0] + ".key")
+        if b"-----BEGIN CERTIFICATE-----" in data and has_key:
+            files.append(path)
     if not files:
-        raise ValueError(f"{entry}: a directory with no certificate files (*.pem, *.crt, *.cer)")
+        raise ValueError(
+            f"{entry}: a directory with no server certificates "
+            "(*.pem, *.crt or *.cer files with their private key)"
+        )
     return files
 
 
