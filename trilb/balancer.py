@@ -109,9 +109,10 @@ class Balancer:
         for fe in self._frontends:
             where = ", ".join(str(a) for a in fe.addresses)
             tls = " (TLS)" if fe.tls is not None else ""
-            self.log.info(
-                f"frontend {fe.name} listening on {where}{tls} -> backend {fe.backend.name}"
+            target = (
+                f"backend {fe.backend.name}" if fe.backend else f"https port {fe.redirect_port}"
             )
+            self.log.info(f"frontend {fe.name} listening on {where}{tls} -> {target}")
             if fe.tls is not None:
                 self.log.info(f"frontend {fe.name} certificates: {describe(fe.tls.certificates)}")
 
@@ -144,12 +145,12 @@ async def serve(
     frontends: list[FrontendRuntime] = []
     try:
         for fe_config in config.frontends:
-            assert fe_config.default_backend is not None  # checked when the Config was made
             listeners = open_listeners(fe_config)
+            backend = fe_config.default_backend
             frontends.append(
                 FrontendRuntime(
                     fe_config,
-                    backends[fe_config.default_backend],
+                    backends[backend] if backend is not None else None,
                     listeners,
                     log,
                     slots,
@@ -161,7 +162,17 @@ async def serve(
             for listener in fe.listeners:
                 listener.close()
         raise
+    _set_redirect_ports(frontends)
     await Balancer(config, frontends, backends, log)._run(task_status)
+
+
+def _set_redirect_ports(frontends: list[FrontendRuntime]) -> None:
+    """``redirect_https`` without a port sends clients to the only TLS frontend's real port."""
+    tls_ports = [fe.addresses[0].port for fe in frontends if fe.tls is not None and fe.addresses]
+    for fe in frontends:
+        redirect = fe.config.redirect_https
+        if redirect is not None:
+            fe.redirect_port = redirect.port if redirect.port is not None else tls_ports[0]
 
 
 def load_frontend_tls(config: Config) -> dict[str, ServerTLS]:

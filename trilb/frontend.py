@@ -57,7 +57,7 @@ class FrontendRuntime:
     def __init__(
         self,
         config: FrontendConfig,
-        backend: BackendRuntime,
+        backend: BackendRuntime | None,
         listeners: list[TCPListener],
         log: LogSink,
         slots: ConnectionSlots,
@@ -66,7 +66,9 @@ class FrontendRuntime:
         self.config = config
         self.tls = tls
         self.name = config.name
-        self.backend = backend
+        self.backend = backend  # None for a frontend that only redirects to HTTPS
+        #: the HTTPS port that ``redirect_https`` sends clients to (set once all frontends bound)
+        self.redirect_port: int | None = None
         self.listeners = listeners
         self.log = log
         self.counters = Counters()
@@ -76,6 +78,9 @@ class FrontendRuntime:
         self.connections_done = trio.Event()
         self._slots = slots  # shared by every frontend of the balancer
         self._addresses = tuple(_listener_address(listener) for listener in listeners)
+        first = self._addresses[0] if self._addresses else None
+        #: stands in for a missing Host header in redirects
+        self._local_host = first.host if first is not None and first.host else "localhost"
         self._next_id = 0
 
     @property
@@ -124,13 +129,13 @@ class FrontendRuntime:
         peer = _peer(peer_name)
         try:
             if self.tls is None:
-                await ClientSession(stream, self, peer, local_port).run()
+                await ClientSession(stream, self, peer, local_port, self._local_host).run()
                 return
             handshake = await self._handshake(stream, self.tls, peer)
             if handshake is not None:
                 client, subject = handshake
                 await ClientSession(
-                    client, self, peer, local_port, tls=True, client_cert=subject
+                    client, self, peer, local_port, self._local_host, tls=True, client_cert=subject
                 ).run()
         except Exception as exc:  # noqa: BLE001 - the error boundary of one connection
             self.log.error(f"frontend {self.name} connection #{conn_id}: internal error: {exc!r}")

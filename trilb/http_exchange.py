@@ -36,7 +36,7 @@ from .core.responses import error_body, error_headers
 from .pool import ServerConnection
 
 if TYPE_CHECKING:
-    from .backend import ServerRuntime
+    from .backend import BackendRuntime, ServerRuntime
     from .http_proxy import ClientSession
 
 __all__ = ["Exchange"]
@@ -124,6 +124,7 @@ class Exchange:
 
     __slots__ = (
         "_deadline",
+        "backend",
         "body_left",
         "chunked",
         "fields",
@@ -136,12 +137,21 @@ class Exchange:
         "request_done",
         "responded",
         "scope",
+        "server_timeout",
         "session",
         "started",
     )
 
-    def __init__(self, session: ClientSession, parsed: ParsedRequest, record: RequestLog) -> None:
+    def __init__(
+        self,
+        session: ClientSession,
+        backend: BackendRuntime,
+        parsed: ParsedRequest,
+        record: RequestLog,
+    ) -> None:
         self.session = session
+        self.backend = backend
+        self.server_timeout = backend.config.timeouts.server
         self.parser = parsed.parser
         self.request = parsed.request
         self.fields = parsed.fields
@@ -162,8 +172,7 @@ class Exchange:
     async def run(self) -> bool:
         """Relay the request; True when the client connection may carry another one."""
         session = self.session
-        fe = session.frontend
-        backend = fe.backend
+        backend = self.backend
         record = self.record
         record.backend = backend.name
         if self.request_done:
@@ -236,7 +245,7 @@ class Exchange:
         if conn is not None:
             record.t_connect = 0
             return conn, True
-        timeout = self.session.frontend.backend.config.timeouts.connect
+        timeout = self.backend.config.timeouts.connect
         with trio.move_on_after(timeout):
             conn = await server.connect()
             record.t_connect = millis(now, time.monotonic())
@@ -250,7 +259,7 @@ class Exchange:
         self, server: ServerRuntime, upstream: ServerConnection, head: bytes
     ) -> bool:
         session = self.session
-        backend = session.frontend.backend
+        backend = self.backend
         counters = server.counters
         counters.current_requests += 1
         counters.total_requests += 1
@@ -297,7 +306,7 @@ class Exchange:
         """The exception that a deadline of this request's scope stands for."""
         if self.phase == CLIENT_SEND:
             return ClientGone("cD")
-        timeout = self.session.frontend.backend.config.timeouts.server
+        timeout = self.server_timeout
         if self.responded:
             return ResponseBroken("sD", f"server sent nothing for {timeout:g}s")
         return ServerFailed(504, "sH", f"no response within {timeout:g}s")
@@ -390,7 +399,7 @@ class Exchange:
         self, upstream: ServerConnection, data: bytes, server: ServerRuntime
     ) -> bool:
         """False when the server stopped reading: its answer (or silence) decides what follows."""
-        timeout = self.session.frontend.backend.config.timeouts.server
+        timeout = self.server_timeout
         with trio.move_on_after(timeout) as scope:
             try:
                 await upstream.stream.send_all(data)
@@ -447,6 +456,8 @@ class Exchange:
                 to_chunk = True
             else:
                 self.keep_client = False  # HTTP/1.0 knows no chunks: the body ends at close
+        if session.hsts is not None:
+            headers.append(session.hsts)
         if session.frontend.draining:
             self.keep_client = False
         if not self.keep_client:
@@ -527,7 +538,7 @@ class Exchange:
     async def _receive_server(
         self, upstream: ServerConnection, server: ServerRuntime, phase: str
     ) -> bytes:
-        self._arm(phase, self.session.frontend.backend.config.timeouts.server)
+        self._arm(phase, self.server_timeout)
         stream = upstream.stream
         try:
             if phase == SERVER_TURN:  # the server has yet to answer: nothing to read right now
@@ -555,7 +566,7 @@ class Exchange:
     async def _send_server(
         self, upstream: ServerConnection, data: bytes, server: ServerRuntime
     ) -> None:
-        self._arm(SERVER_TURN, self.session.frontend.backend.config.timeouts.server)
+        self._arm(SERVER_TURN, self.server_timeout)
         try:
             await upstream.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -584,7 +595,7 @@ class Exchange:
         data = response_head(status, b"", error_headers(status, close=not keep)) + error_body(
             status
         )
-        session.frontend.backend.counters.count_response(status)
+        self.backend.counters.count_response(status)
         with trio.move_on_after(session.timeouts.client) as scope:
             try:
                 await session.send_client(data)

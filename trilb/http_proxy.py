@@ -34,7 +34,8 @@ from .core.framing import (
     find_head_end,
 )
 from .core.headers import Forwarded
-from .core.http1 import inspect_head
+from .core.http1 import inspect_head, response_head
+from .core.redirect import https_location, redirect_status
 from .core.responses import raw_error_response
 from .http_exchange import RECEIVE_SIZE, ClientGone, Exchange, ParsedRequest
 from .net import TCPStream
@@ -72,7 +73,9 @@ class ClientSession:
         "client_port",
         "forwarded",
         "frontend",
+        "hsts",
         "limits",
+        "local_host",
         "local_port",
         "log",
         "stream",
@@ -86,6 +89,7 @@ class ClientSession:
         frontend: FrontendRuntime,
         peer: tuple[str, int],
         local_port: int,
+        local_host: str = "localhost",
         *,
         tls: bool = False,
         client_cert: str | None = None,
@@ -94,6 +98,7 @@ class ClientSession:
         self.frontend = frontend
         self.client_ip, self.client_port = peer
         self.local_port = local_port
+        self.local_host = local_host
         self.tls = tls
         self.timeouts = frontend.config.timeouts
         self.limits = frontend.config.limits
@@ -107,6 +112,8 @@ class ClientSession:
             name = tls_config.client_cert_header.encode("ascii")
             value = client_cert.encode("utf-8") if client_cert is not None else None
             self.cert_header = (name.lower(), name, value)
+        hsts = frontend.config.hsts
+        self.hsts = (b"Strict-Transport-Security", hsts.encode("ascii")) if hsts else None
         #: what the servers learn about this client (``forwarded_for``); fixed per connection
         self.forwarded = (
             Forwarded(self.client_ip, "https" if tls else "http", local_port)
@@ -149,7 +156,10 @@ class ClientSession:
         fe.counters.total_requests += 1
         fe.counters.current_requests += 1
         try:
-            keep = await Exchange(self, parsed, record).run()
+            if fe.backend is None:  # a frontend that only redirects to HTTPS
+                keep = await self._redirect_https(parsed, record)
+            else:
+                keep = await Exchange(self, fe.backend, parsed, record).run()
         finally:
             fe.counters.current_requests -= 1
             record.t_active = millis(started, time.monotonic())
@@ -158,6 +168,32 @@ class ClientSession:
             fe.counters.count_response(record.status)
             self.log.access(record)
         return keep and not fe.draining
+
+    async def _redirect_https(self, parsed: ParsedRequest, record: RequestLog) -> bool:
+        """Answer with a redirect to the same URL over HTTPS (``redirect_https``)."""
+        fe = self.frontend
+        redirect = fe.config.redirect_https
+        assert redirect is not None
+        assert fe.redirect_port is not None  # set when the balancer started
+        request = parsed.request
+        host = next((v for n, v in parsed.fields if n.lower() == b"host"), None)
+        location = https_location(host, request.target, fe.redirect_port, self.local_host)
+        status = redirect_status(request.method, redirect.code)
+        body_unread = parsed.info.chunked or parsed.info.length > 0
+        keep = parsed.info.keep_alive and not body_unread and not fe.draining
+        headers = [(b"Location", location), (b"Content-Length", b"0")]
+        if not keep:
+            headers.append((b"Connection", b"close"))
+        data = response_head(status, b"", headers)
+        record.backend = fe.name
+        record.status = status
+        record.termination = "LR"  # answered locally, at the request
+        with trio.move_on_after(self.timeouts.client) as scope:
+            await self.send_client(data)
+            record.bytes_out = len(data)
+            if body_unread:
+                await self.linger()
+        return keep and not scope.cancelled_caught
 
     # -- reading a request head -----------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from .model import (
     LOG_FORMATS,
     LOG_TARGETS,
     MODES,
+    REDIRECT_CODES,
     TLS_VERSIONS,
     VERIFY_CLIENT,
     BackendConfig,
@@ -40,6 +41,7 @@ from .model import (
     GlobalConfig,
     Limits,
     LogConfig,
+    RedirectHTTPS,
     ServerConfig,
     Timeouts,
     TLSConfig,
@@ -57,7 +59,7 @@ _PLANNED = "not supported yet in trilb {}.{} (planned)".format(*__version__.spli
 # Keys of the contract that a later version implements: named, so they are neither ignored nor
 # mistaken for typos.
 _PLANNED_TOP = ("stats", "admin")
-_PLANNED_FRONTEND = ("redirect_https", "accept_proxy", "rate_limit", "routes")
+_PLANNED_FRONTEND = ("accept_proxy", "rate_limit", "routes")
 _PLANNED_BACKEND = ("cookie", "health_check")
 _PLANNED_SERVER = ("backup", "max_connections", "slow_start", "tls", "send_proxy")
 _PLANNED_BALANCE = ("leastconn", "first", "source", "uri", "random", "url_param:", "header:")
@@ -324,6 +326,20 @@ def _server_address(value: object) -> Address:
     return address
 
 
+def _bool_or_table(value: object) -> bool | Mapping[str, Any]:
+    if isinstance(value, bool | Mapping):
+        return value
+    raise ValueError(f"must be true, false or a table like {{ port = 8443 }}, got {_show(value)}")
+
+
+def _redirect_code(value: object) -> int:
+    if isinstance(value, bool) or value not in REDIRECT_CODES:
+        codes = ", ".join(map(str, REDIRECT_CODES))
+        raise ValueError(f"must be one of {codes}, got {_show(value)}")
+    assert isinstance(value, int)
+    return value
+
+
 def _header_name(value: object) -> str:
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise ValueError(f'must be a header name like "X-Client-Cert", got {_show(value)}')
@@ -466,6 +482,8 @@ class _Loader:
             timeouts=_timeouts(table, defaults.timeouts),
             limits=_limits(table, defaults.limits),
             tls=self.tls(table.table("tls")) if "tls" in table.data else None,
+            redirect_https=self.redirect_https(table),
+            hsts=table.get("hsts", _str, None),
         )
         table.finish()
         return result
@@ -502,6 +520,22 @@ class _Loader:
                 "(OpenSSL's defaults are used: all AEAD and forward secret)",
             )
         table.finish()
+        return result
+
+    def redirect_https(self, table: _Table) -> RedirectHTTPS | None:
+        """``redirect_https = true`` or ``{ port = 8443, code = 301 }``."""
+        off: bool | Mapping[str, Any] = False
+        value = table.get("redirect_https", _bool_or_table, off)
+        if value is False:
+            return None
+        if value is True:
+            return RedirectHTTPS()
+        sub = _Table(value, table.key_path("redirect_https"), self.problems)
+        result = RedirectHTTPS(
+            port=sub.get("port", _int(1, 65535), None),
+            code=sub.get("code", _redirect_code, None),
+        )
+        sub.finish()
         return result
 
     def resolve(self, path: str) -> str:

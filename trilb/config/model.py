@@ -26,6 +26,7 @@ __all__ = [
     "GlobalConfig",
     "Limits",
     "LogConfig",
+    "RedirectHTTPS",
     "ServerConfig",
     "TLSConfig",
     "Timeouts",
@@ -124,6 +125,20 @@ class TLSConfig:
 
 
 @attrs.frozen(kw_only=True)
+class RedirectHTTPS:
+    """``redirect_https``: answer every request with a redirect to the same URL over HTTPS."""
+
+    #: the HTTPS port; None = the port of the configuration's only TLS frontend (left out of
+    #: the URL when it is 443)
+    port: int | None = None
+    #: None = 301 for GET and HEAD, 308 for other methods (which must stay what they are)
+    code: int | None = None
+
+
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+
+
+@attrs.frozen(kw_only=True)
 class GlobalConfig:
     workers: int = 1
     #: concurrent client connections across all frontends; beyond it they wait in the kernel backlog
@@ -179,6 +194,9 @@ class FrontendConfig:
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
     tls: TLSConfig | None = None
+    redirect_https: RedirectHTTPS | None = None
+    #: Strict-Transport-Security value added to responses of a TLS frontend, e.g. "max-age=63072000"
+    hsts: str | None = None
 
 
 def _frontends(value: Iterable[FrontendConfig]) -> tuple[FrontendConfig, ...]:
@@ -244,6 +262,38 @@ def _tls_problems(tls: TLSConfig, path: str) -> list[ConfigProblem]:
     return problems
 
 
+def _redirect_problems(config: Config, frontend: FrontendConfig, path: str) -> list[ConfigProblem]:
+    problems = []
+    if frontend.hsts is not None and frontend.tls is None:
+        problems.append(
+            ConfigProblem(f"{path}.hsts", "only for a TLS frontend (browsers ignore it over HTTP)")
+        )
+    redirect = frontend.redirect_https
+    if redirect is None:
+        return problems
+    if frontend.tls is not None:
+        problems.append(
+            ConfigProblem(
+                f"{path}.redirect_https", "is for a plain HTTP frontend, this one has tls"
+            )
+        )
+    if redirect.code is not None and redirect.code not in REDIRECT_CODES:
+        problems.append(
+            ConfigProblem(f"{path}.redirect_https.code", f"must be one of {REDIRECT_CODES}")
+        )
+    if redirect.port is None:
+        tls_frontends = [f.name for f in config.frontends if f.tls is not None]
+        if len(tls_frontends) != 1:
+            problems.append(
+                ConfigProblem(
+                    f"{path}.redirect_https",
+                    f"the HTTPS port is ambiguous with {len(tls_frontends)} TLS frontends: "
+                    "give it, as in redirect_https = { port = 8443 }",
+                )
+            )
+    return problems
+
+
 def reference_problems(config: Config) -> list[ConfigProblem]:
     """What is inconsistent across sections: names, references, modes. Empty when all is well."""
     problems: list[ConfigProblem] = []
@@ -265,9 +315,11 @@ def reference_problems(config: Config) -> list[ConfigProblem]:
             problems.extend(_tls_problems(frontend.tls, f"{path}.tls"))
         if not frontend.bind:
             problems.append(ConfigProblem(f"{path}.bind", "at least one address is required"))
+        problems.extend(_redirect_problems(config, frontend, path))
         if frontend.default_backend is None:
-            message = "required: the backend that gets the traffic"
-            problems.append(ConfigProblem(f"{path}.default_backend", message))
+            if frontend.redirect_https is None:  # a redirecting frontend needs no backend
+                message = "required: the backend that gets the traffic"
+                problems.append(ConfigProblem(f"{path}.default_backend", message))
         elif frontend.default_backend not in modes:
             hint = did_you_mean(frontend.default_backend, backend_names)
             problems.append(
