@@ -21,6 +21,7 @@ from .config import (
     ServerConfig,
     Timeouts,
     TLSConfig,
+    UpstreamTLS,
     load_config,
     loads_config,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "Timeouts",
     "TrafficStatistics",
     "TrilbError",
+    "UpstreamTLS",
     "__version__",
     "load_config",
     "loads_config",

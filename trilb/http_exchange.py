@@ -539,12 +539,11 @@ class Exchange:
         self, upstream: ServerConnection, server: ServerRuntime, phase: str
     ) -> bytes:
         self._arm(phase, self.server_timeout)
-        stream = upstream.stream
         try:
             if phase == SERVER_TURN:  # the server has yet to answer: nothing to read right now
-                data = await stream.receive_when_ready(RECEIVE_SIZE)
+                data = await upstream.receive_when_ready(RECEIVE_SIZE)
             else:
-                data = await stream.receive_some(RECEIVE_SIZE)
+                data = bytes(await upstream.stream.receive_some(RECEIVE_SIZE))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if self.responded:
                 raise ResponseBroken("SD", f"server connection broke: {exc}") from None

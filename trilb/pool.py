@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import collections
 
+import trio
+
 from .net import TCPStream
 
 __all__ = ["IdlePool", "ServerConnection"]
@@ -23,20 +25,29 @@ class ServerConnection:
     """A connection to a server. (Each response gets a fresh h11 parser, so nothing but the
     stream carries over from one request to the next.)"""
 
-    __slots__ = ("idle_since", "stream")
+    __slots__ = ("idle_since", "stream", "transport")
 
-    def __init__(self, stream: TCPStream) -> None:
-        self.stream = stream
+    def __init__(self, transport: TCPStream, stream: trio.abc.Stream | None = None) -> None:
+        self.transport = transport
+        #: what requests and responses go through: the transport, or TLS over it
+        self.stream: trio.abc.Stream = transport if stream is None else stream
         self.idle_since = 0.0
+
+    async def receive_when_ready(self, max_bytes: int) -> bytes:
+        """A read when no data is expected yet (the cheap path of :class:`TCPStream`)."""
+        if self.stream is self.transport:
+            return await self.transport.receive_when_ready(max_bytes)
+        return bytes(await self.stream.receive_some(max_bytes))
 
     def looks_closed(self) -> bool:
         """An idle connection with something to read has been closed (or spoken out of turn) by
         the server: either way it must not carry a request."""
-        return self.stream.is_readable()
+        return self.transport.is_readable()
 
     def close(self) -> None:
-        """Close now, without the checkpoint of ``aclose`` (pool clean-up is synchronous)."""
-        self.stream.close()
+        """Close now, without the checkpoint of ``aclose`` (pool clean-up is synchronous; a TLS
+        connection is closed without close_notify, as HAProxy does for idle ones)."""
+        self.transport.close()
 
 
 class IdlePool:

@@ -229,11 +229,14 @@ def load_server_tls(config: TLSConfig, key_path: str) -> ServerTLS:
             except ValueError as exc:
                 problems.append(ConfigProblem(path, str(exc)))
     try:
-        _context(config)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(config.ciphers)
     except ssl.SSLError as exc:
         problems.append(ConfigProblem(f"{key_path}.ciphers", f"not accepted by OpenSSL ({exc})"))
-    except (OSError, ValueError) as exc:
-        problems.append(ConfigProblem(f"{key_path}.client_ca", f"cannot load it ({exc})"))
+    if config.client_ca is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=config.client_ca)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            problems.append(ConfigProblem(f"{key_path}.client_ca", f"cannot load it ({exc})"))
     if problems:
         raise ConfigError(problems)
     groups: dict[tuple[str, ...], ssl.SSLContext] = {}

@@ -361,7 +361,9 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("backup", server(backup=True), "backends.app.servers[0].backup", PLANNED),
     ("server-max-connections", server(max_connections=10), "backends.app.servers[0].max_connections", PLANNED),
     ("slow-start", server(slow_start="30s"), "backends.app.servers[0].slow_start", PLANNED),
-    ("server-tls", server(tls=True), "backends.app.servers[0].tls", PLANNED),
+    ("server-tls-type", server(tls="yes"), "backends.app.servers[0].tls", 'must be true, false or a table like { verify = true, ca = "ca.pem" }, got "yes"'),
+    ("server-tls-verify", server(tls={"verify": "no"}), "backends.app.servers[0].tls.verify", 'must be true or false, got "no"'),
+    ("server-tls-typo", server(tls={"snl": "a"}), "backends.app.servers[0].tls.snl", "unknown key (did you mean 'sni'?)"),
     ("send-proxy", server(send_proxy="v2"), "backends.app.servers[0].send_proxy", PLANNED),
     # cross-references (model.reference_problems)
     ("default-backend-typo", web(default_backend="ap"), "frontends.web.default_backend", "no backend named 'ap' (did you mean 'app'?)"),

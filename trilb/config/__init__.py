@@ -12,6 +12,7 @@ from .model import (
     ServerConfig,
     Timeouts,
     TLSConfig,
+    UpstreamTLS,
 )
 from .values import Address, parse_duration, parse_size
 
@@ -27,6 +28,7 @@ __all__ = [
     "ServerConfig",
     "TLSConfig",
     "Timeouts",
+    "UpstreamTLS",
     "load_config",
     "loads_config",
     "parse_config",

@@ -45,6 +45,7 @@ from .model import (
     ServerConfig,
     Timeouts,
     TLSConfig,
+    UpstreamTLS,
     did_you_mean,
 )
 from .values import Address, parse_address, parse_duration, parse_size
@@ -61,7 +62,7 @@ _PLANNED = "not supported yet in trilb {}.{} (planned)".format(*__version__.spli
 _PLANNED_TOP = ("stats", "admin")
 _PLANNED_FRONTEND = ("accept_proxy", "rate_limit", "routes")
 _PLANNED_BACKEND = ("cookie", "health_check")
-_PLANNED_SERVER = ("backup", "max_connections", "slow_start", "tls", "send_proxy")
+_PLANNED_SERVER = ("backup", "max_connections", "slow_start", "send_proxy")
 _PLANNED_BALANCE = ("leastconn", "first", "source", "uri", "random", "url_param:", "header:")
 
 # The model's own defaults, read from instances so the loader never restates them.
@@ -340,6 +341,15 @@ def _redirect_code(value: object) -> int:
     return value
 
 
+def _bool_or_table_tls(value: object) -> bool | Mapping[str, Any]:
+    if isinstance(value, bool | Mapping):
+        return value
+    raise ValueError(
+        'must be true, false or a table like { verify = true, ca = "ca.pem" }, '
+        f"got {_show(value)}"
+    )
+
+
 def _header_name(value: object) -> str:
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise ValueError(f'must be a header name like "X-Client-Cert", got {_show(value)}')
@@ -538,6 +548,23 @@ class _Loader:
         sub.finish()
         return result
 
+    def upstream_tls(self, table: _Table) -> UpstreamTLS | None:
+        """A server's ``tls = true`` or ``{ verify = true, ca = "...", sni = "..." }``."""
+        off: bool | Mapping[str, Any] = False
+        value = table.get("tls", _bool_or_table_tls, off)
+        if value is False:
+            return None
+        if value is True:
+            return UpstreamTLS()
+        sub = _Table(value, table.key_path("tls"), self.problems)
+        result = UpstreamTLS(
+            verify=sub.get("verify", _bool, True),
+            ca=sub.get("ca", lambda v: self.resolve(_str(v)), None),
+            sni=sub.get("sni", _str, None),
+        )
+        sub.finish()
+        return result
+
     def resolve(self, path: str) -> str:
         """Relative file paths are relative to the config file's folder."""
         return str(self.base_dir / path) if self.base_dir is not None else path
@@ -584,6 +611,7 @@ class _Loader:
             name=table.get("name", _name, f"#{table.path}", required=True),
             address=table.get("address", _server_address, Address(), required=True),
             weight=table.get("weight", _int(0, 256), _SERVER.weight),
+            tls=self.upstream_tls(table),
         )
         table.finish()
         return result

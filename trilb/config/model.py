@@ -30,6 +30,7 @@ __all__ = [
     "ServerConfig",
     "TLSConfig",
     "Timeouts",
+    "UpstreamTLS",
     "reference_problems",
 ]
 
@@ -159,11 +160,23 @@ def _server_address(value: str | Address) -> Address:
 
 
 @attrs.frozen(kw_only=True)
+class UpstreamTLS:
+    """TLS to a server (re-encryption)."""
+
+    #: check the server's certificate (against ``ca``, else the system's trust store) and name
+    verify: bool = True
+    ca: str | None = None
+    #: the server name sent (SNI) and verified; None = the host of the server's address
+    sni: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class ServerConfig:
     name: str
     address: Address = attrs.field(converter=_server_address)
     #: share of new traffic relative to the other servers; 0 = no new traffic
     weight: int = 100
+    tls: UpstreamTLS | None = None
 
 
 def _servers(value: Iterable[ServerConfig]) -> tuple[ServerConfig, ...]:
