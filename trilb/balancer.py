@@ -97,13 +97,17 @@ class Balancer:
                     self.log.warning("drain grace period over: closing the remaining connections")
                 connections.cancel_scope.cancel()
         finally:
-            for fe in self._frontends:
-                for listener in fe.listeners:
-                    listener.close()
-            for backend in self._backends.values():
-                backend.close_idle()
+            self._close_everything()
             self._stopped.set()
         self.log.info("stopped")
+
+    def _close_everything(self) -> None:
+        """Close listeners and idle server connections (idempotent; also before any run)."""
+        for fe in self._frontends:
+            for listener in fe.listeners:
+                listener.close()
+        for backend in self._backends.values():
+            backend.close_idle()
 
     def _log_start(self) -> None:
         for fe in self._frontends:
@@ -134,6 +138,13 @@ async def serve(
     :class:`~trilb.errors.ConfigError` (a server name that does not resolve) before starting;
     afterwards, errors of one connection end that connection only and are logged.
     """
+    balancer = await _prepare(config, log)
+    await balancer._run(task_status)
+
+
+async def _prepare(config: Config, log: LogSink | None) -> Balancer:
+    """Everything that can fail before the balancer runs: names resolved, certificates checked,
+    ports bound. (Kept out of any nursery, so its errors reach the caller as themselves.)"""
     log = log if log is not None else LogSink(config.log.target, config.log.format)
     backends: dict[str, BackendRuntime] = {}
     for backend_config in config.backends:
@@ -163,7 +174,7 @@ async def serve(
                 listener.close()
         raise
     _set_redirect_ports(frontends)
-    await Balancer(config, frontends, backends, log)._run(task_status)
+    return Balancer(config, frontends, backends, log)
 
 
 def _set_redirect_ports(frontends: list[FrontendRuntime]) -> None:
@@ -196,19 +207,14 @@ async def open_balancer(config: Config, *, log: LogSink | None = None) -> AsyncI
     """``async with trilb.open_balancer(config) as lb:`` runs a balancer for the block's duration.
 
     Leaving the block stops it at once; ``await lb.drain()`` inside the block stops it gracefully.
+    Start-up errors (:class:`~trilb.errors.ConfigError`, :class:`~trilb.errors.StartupError`) are
+    raised by the ``async with`` itself.
     """
-    async with trio.open_nursery() as nursery:
-        lb: Balancer = await nursery.start(_serve_with_log, config, log)
-        try:
-            yield lb
-        finally:
+    balancer = await _prepare(config, log)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(balancer._run)
+            yield balancer
             nursery.cancel_scope.cancel()
-
-
-async def _serve_with_log(
-    config: Config,
-    log: LogSink | None,
-    *,
-    task_status: trio.TaskStatus[Balancer] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await serve(config, log=log, task_status=task_status)
+    finally:
+        balancer._close_everything()

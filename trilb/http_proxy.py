@@ -59,7 +59,15 @@ async def close_stream(stream: trio.abc.Stream) -> None:
     if isinstance(stream, TCPStream):
         stream.close()
         return
-    with trio.CancelScope(shield=True), trio.move_on_after(1):
+    # TLS: a close_notify first (trio sends it without waiting for the client's), so that the
+    # client knows the end is real; bounded, and forceful if need be.
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(1):
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            return
         await trio.aclose_forcefully(stream)
 
 

@@ -11,6 +11,7 @@ immutable value: a reload can build a new :class:`ServerTLS` and swap it whole.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import ssl
@@ -276,12 +277,16 @@ async def server_handshake(
     Raises :class:`HandshakeFailed`; the caller closes the transport.
     """
     token = _CURRENT_HANDSHAKE.set(record)
-    stream = trio.SSLStream(transport, tls.context, server_side=True, https_compatible=True)
+    # Not "https_compatible": closing sends a close_notify, so clients can tell a complete
+    # read-until-close body from a cut one. A client that just drops the TCP connection shows
+    # up as a broken stream, which the session treats as the client leaving.
+    stream = trio.SSLStream(transport, tls.context, server_side=True)
     try:
         await stream.do_handshake()
     except trio.BrokenResourceError as exc:
         cause = exc.__cause__
         reason = getattr(cause, "reason", None) or str(cause or exc)
+        await _send_alert(stream, transport)
         raise HandshakeFailed(str(reason), record.server_name) from None
     finally:
         _CURRENT_HANDSHAKE.reset(token)
@@ -290,6 +295,18 @@ async def server_handshake(
     if der:
         subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
     return stream, subject
+
+
+async def _send_alert(stream: trio.SSLStream[trio.abc.Stream], transport: trio.abc.Stream) -> None:
+    """Tell the client why (protocol version, handshake failure, unknown CA, ...). OpenSSL writes
+    the alert when the handshake fails, but trio's SSLStream marks itself broken without sending
+    it; without this the client sees only an unexpected EOF. Best effort: trio keeps its outgoing
+    buffer in a private attribute, so when that is not there, nothing is sent."""
+    outgoing = getattr(stream, "_outgoing", None)
+    alert = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
+    if alert:
+        with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError):
+            await transport.send_all(alert)
 
 
 def describe(certificates: Iterable[Certificate]) -> str:
