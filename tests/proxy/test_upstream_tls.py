@@ -32,7 +32,7 @@ async def tls_backend(nursery: trio.Nursery, cert: trustme.LeafCert, seen: list[
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
+                    conn.receive_data(bytes(await stream.receive_some(65536)))
                 elif isinstance(event, h11.EndOfMessage):
                     body = b"tls ok"
                     headers = [("Content-Length", str(len(body)))]
