@@ -11,6 +11,7 @@ import functools
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import trio
 
@@ -54,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo_cmd.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     demo_cmd.add_argument("--backends", type=int, default=2, help="demo servers (default 2)")
+    demo_cmd.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a development certificate (made in --certs-dir, as trilb certs "
+        "does) and redirect plain HTTP on the next port to it",
+    )
+    demo_cmd.add_argument("--certs-dir", default="certs/dev", help="(default certs/dev)")
     certs_cmd = commands.add_parser(
         "certs", help="write a local development CA and a certificate it signs (via trustme)"
     )
@@ -102,12 +110,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
         log = LogSink("stdout", "haproxy", verbosity=verbosity)
-        start = functools.partial(run_demo, args.port, max(1, args.backends), log=log)
+        certs_dir = Path(args.certs_dir) if args.tls else None
+        start = functools.partial(
+            run_demo, args.port, max(1, args.backends), log=log, certs_dir=certs_dir
+        )
         trio.run(_run_until_signalled, start, log, 5.0)
         return EXIT_OK
     if args.command == "certs":
-        from pathlib import Path
-
         from .devcerts import describe, write_dev_certs
 
         print(describe(write_dev_certs(Path(args.dir), args.names, key_type=args.key_type)))

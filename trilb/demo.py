@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import functools
 import html
+from pathlib import Path
 
 import h11
 import trio
 
 from .balancer import Balancer, serve
-from .config import BackendConfig, Config, FrontendConfig, ServerConfig
+from .config import (
+    BackendConfig,
+    Config,
+    FrontendConfig,
+    RedirectHTTPS,
+    ServerConfig,
+    TLSConfig,
+)
+from .devcerts import write_dev_certs
 from .logsink import LogSink
 
 __all__ = ["run_demo", "serve_demo_backend"]
@@ -72,13 +81,33 @@ async def serve_demo_backend(name: str, stream: trio.SocketStream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-def demo_config(port: int, backend_ports: list[int]) -> Config:
-    return Config(
-        frontends=[
+def demo_config(port: int, backend_ports: list[int], certificate: Path | None = None) -> Config:
+    """Plain HTTP on ``port``; with a ``certificate``, HTTPS there and a plain frontend on the
+    next port that redirects to it."""
+    if certificate is None:
+        frontends = [
             FrontendConfig(
                 name="demo", bind=[f"127.0.0.1:{port}"], default_backend="demo", forwarded_for=True
             )
-        ],
+        ]
+    else:
+        frontends = [
+            FrontendConfig(
+                name="demo",
+                bind=[f"127.0.0.1:{port}"],
+                default_backend="demo",
+                forwarded_for=True,
+                tls=TLSConfig(certificates=[str(certificate)]),
+                hsts="max-age=300",
+            ),
+            FrontendConfig(
+                name="demo-http",
+                bind=[f"127.0.0.1:{port + 1 if port else 0}"],
+                redirect_https=RedirectHTTPS(),
+            ),
+        ]
+    return Config(
+        frontends=frontends,
         backends=[
             BackendConfig(
                 name="demo",
@@ -96,9 +125,16 @@ async def run_demo(
     backends: int = 2,
     *,
     log: LogSink,
+    certs_dir: Path | None = None,
     task_status: trio.TaskStatus[Balancer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Start ``backends`` demo servers and a balancer on 127.0.0.1:``port`` in front of them."""
+    """Start ``backends`` demo servers and a balancer on 127.0.0.1:``port`` in front of them;
+    with ``certs_dir``, over HTTPS with a development certificate made there (``trilb certs``)."""
+    certificate = None
+    if certs_dir is not None:
+        certs = write_dev_certs(certs_dir, ["localhost", "127.0.0.1", "::1"])
+        certificate = certs.cert_path
+        print(f"trust {certs.ca_path} to see no warning, e.g. curl --cacert {certs.ca_path}")
     async with trio.open_nursery() as nursery:
         ports = []
         for i in range(backends):
@@ -108,9 +144,10 @@ async def run_demo(
             )
             ports.append(listeners[0].socket.getsockname()[1])
         lb: Balancer = await nursery.start(
-            functools.partial(serve, demo_config(port, ports), log=log)
+            functools.partial(serve, demo_config(port, ports, certificate), log=log)
         )
-        url = f"http://127.0.0.1:{lb.addresses['demo'][0].port}/"
+        scheme, host = ("https", "localhost") if certificate else ("http", "127.0.0.1")
+        url = f"{scheme}://{host}:{lb.addresses['demo'][0].port}/"
         log.info(f"demo: {backends} backends on ports {', '.join(map(str, ports))}")
         print(f"trilb demo is running: open {url}  (Ctrl-C to stop)", flush=True)
         task_status.started(lb)

@@ -519,3 +519,25 @@ def test_demo(launch: Launch) -> None:
     lb.signal(signal.SIGINT)
     assert lb.wait() == 0
     assert "Traceback" not in lb.stdout + lb.stderr
+
+
+def test_demo_over_tls_with_its_dev_certificate(launch: Launch, tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    lb = launch(
+        lambda port: ["demo", "--tls", "--certs-dir", str(certs), "--port", str(port)],
+        r"open https://\S+/",
+    )
+    url = lb.wait_output(r"open (https://localhost:(\d+)/)")
+    https = curl("--cacert", str(certs / "ca.pem"), url.group(1))
+    assert "Served by demo-" in https
+    write_out = ["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"]
+    redirect = subprocess.run(
+        ["curl", "-s", "--noproxy", "*", *write_out, f"http://127.0.0.1:{lb.port + 1}/page?q=1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert redirect == f"301 https://127.0.0.1:{lb.port}/page?q=1"
+    lb.signal(signal.SIGINT)
+    assert lb.wait() == 0
