@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import socket
 import ssl
-from collections.abc import Container
+from collections.abc import Container, Sequence
+from typing import overload
 
 import trio
 
 from .config import BackendConfig, ServerConfig, UpstreamTLS
-from .core.balance import Algorithm, make_algorithm
+from .core.balance import Algorithm, RequestKey, make_algorithm
+from .core.sticky import StickTable, default_cookie_value
 from .errors import ConfigError
 from .net import connect
 from .pool import IdlePool, ServerConnection
@@ -22,7 +25,10 @@ class ServerRuntime:
     """One server: where it is, how to connect to it, its idle pool and counters."""
 
     __slots__ = (
+        "admin_state",
+        "check_status",
         "config",
+        "cookie_id",
         "counters",
         "family",
         "index",
@@ -31,6 +37,7 @@ class ServerRuntime:
         "sockaddr",
         "tls_context",
         "tls_name",
+        "up",
         "weight",
     )
 
@@ -55,6 +62,34 @@ class ServerRuntime:
         self.sockaddr = sockaddr
         self.pool = pool
         self.counters = Counters()
+        #: the operator's say: "ready", "drain" (only sessions already there) or "maint" (none)
+        self.admin_state = "ready"
+        #: this server's id in stickiness cookies
+        self.cookie_id = b""
+        #: the health checks' say (always True without checks)
+        self.up = True
+        #: the last check's outcome, for logs and statistics ("" before any check)
+        self.check_status = ""
+
+    @property
+    def usable(self) -> bool:
+        """May get new traffic."""
+        return self.up and self.admin_state == "ready"
+
+    @property
+    def full(self) -> bool:
+        """At its ``max_connections``: new requests wait in the backend's queue."""
+        limit = self.config.max_connections
+        return limit is not None and self.counters.current_requests >= limit
+
+    @property
+    def state(self) -> str:
+        """HAProxy's words: UP, DOWN, DRAIN or MAINT."""
+        if self.admin_state == "maint":
+            return "MAINT"
+        if not self.up:
+            return "DOWN"
+        return "DRAIN" if self.admin_state == "drain" else "UP"
 
     async def connect(self) -> ServerConnection:
         """A new connection (the caller bounds the wait, handshake included); OSError when it
@@ -81,27 +116,140 @@ class ServerRuntime:
             weight=self.weight,
             traffic=self.counters.snapshot(),
             idle_connections=len(self.pool),
+            state=self.state,
+            backup=self.config.backup,
+            check_status=self.check_status,
         )
 
 
-class BackendRuntime:
-    """The servers of one backend and the algorithm that chooses among them."""
+class RequestQueue:
+    """Requests waiting for a server slot, first come first served, bounded.
 
-    __slots__ = ("algorithm", "config", "counters", "name", "servers")
+    A waiter is woken when a slot frees; it then picks a server like any request. New requests
+    do not overtake: while anyone waits, they queue too (see Exchange.run).
+    """
+
+    __slots__ = ("_waiters", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiters: collections.deque[trio.Event] = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def wait(self) -> bool:
+        """Wait for this request's turn (the caller bounds the wait); False at once when the
+        queue is full."""
+        if len(self._waiters) >= self.limit:
+            return False
+        event = trio.Event()
+        self._waiters.append(event)
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set():
+                self._waiters.remove(event)  # cancelled (timed out): leave the line
+        return True
+
+    def wake_next(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()
+
+
+class BackendRuntime:
+    """The servers of one backend, the algorithm that chooses among them, and the queue of
+    requests waiting for a server with room."""
+
+    __slots__ = (
+        "algorithm",
+        "config",
+        "cookie",
+        "cookie_ids",
+        "counters",
+        "hashes",
+        "name",
+        "queue",
+        "servers",
+        "stick_table",
+    )
 
     def __init__(self, config: BackendConfig, servers: list[ServerRuntime]) -> None:
         self.config = config
         self.name = config.name
         self.servers = servers
-        self.algorithm: Algorithm = make_algorithm(config.balance, [s.weight for s in servers])
+        self.algorithm: Algorithm = make_algorithm(
+            config.balance,
+            [s.weight for s in servers],
+            loads=_Loads(servers),
+            limits=[s.config.max_connections for s in servers],
+            hash_type=config.hash_type,
+            uri_whole=config.uri_whole,
+        )
+        #: whether picks need the request's key (the hashing algorithms)
+        self.hashes = config.balance in ("source", "uri") or ":" in config.balance
         self.counters = Counters()
+        self.queue = RequestQueue(config.max_queue)
+        self.cookie = config.cookie
+        for server in servers:
+            value = server.config.cookie_value or default_cookie_value(self.name, server.name)
+            server.cookie_id = value.encode("ascii")
+        self.cookie_ids = {server.cookie_id: server.index for server in servers}
+        table = config.stick_table
+        self.stick_table = StickTable(table.size, table.expire) if config.stick else None
 
-    def pick(self, tried: Container[int]) -> ServerRuntime | None:
-        """The next server, preferring one not tried yet for this request (redispatch)."""
-        index = self.algorithm.pick(lambda i: i not in tried) if tried else self.algorithm.pick()
+    def sticky_server(self, index: int) -> ServerRuntime | None:
+        """The server a stickiness cookie names, if it may take the request: UP, and ready or
+        draining (a draining server still serves the sessions it has), with room."""
+        server = self.servers[index]
+        if server.up and server.admin_state != "maint" and not server.full:
+            return server
+        return None
+
+    def pick(self, tried: Container[int], key: RequestKey | None = None) -> ServerRuntime | None:
+        """The next server with room, preferring one not tried yet for this request
+        (redispatch). Backup servers only when no regular server is usable: all of them with
+        ``all_backups``, else the first. None when nothing is usable or everything is full."""
+        servers = self.servers
+        if any(s.usable and not s.config.backup for s in servers):
+            candidates = [not s.config.backup for s in servers]
+        elif self.config.all_backups:
+            candidates = [s.config.backup for s in servers]
+        else:
+            first = next((s.index for s in servers if s.config.backup and s.usable), None)
+            candidates = [s.index == first for s in servers]
+
+        def fresh(i: int) -> bool:
+            server = servers[i]
+            return candidates[i] and server.usable and not server.full and i not in tried
+
+        index = self.algorithm.pick(fresh, key)
         if index is None and tried:
-            index = self.algorithm.pick()
-        return None if index is None else self.servers[index]
+            index = self.algorithm.pick(
+                lambda i: fresh(i) or (candidates[i] and i in tried and _room(servers[i])), key
+            )
+        return None if index is None else servers[index]
+
+    def waits_for_a_slot(self) -> bool:
+        """Some server could take the request but is full: wait in the queue (not 503)."""
+        return any(s.usable and s.full for s in self.servers)
+
+    def take_slot(self, server: ServerRuntime) -> None:
+        server.counters.current_requests += 1
+        self.counters.current_requests += 1
+
+    def release_slot(self, server: ServerRuntime) -> None:
+        server.counters.current_requests -= 1
+        self.counters.current_requests -= 1
+        if server.config.max_connections is not None:
+            self.queue.wake_next()
+
+    def server(self, name: str) -> ServerRuntime:
+        for server in self.servers:
+            if server.name == name:
+                return server
+        raise KeyError(name)
 
     def set_weight(self, server_name: str, weight: int) -> None:
         for server in self.servers:
@@ -121,6 +269,7 @@ class BackendRuntime:
             name=self.name,
             traffic=self.counters.snapshot(),
             servers=tuple(s.statistics() for s in self.servers),
+            queued=self.queue.waiting,
         )
 
 
@@ -165,3 +314,28 @@ async def resolve_backend(config: BackendConfig) -> BackendRuntime:
         family, _, _, _, sockaddr = infos[0]
         servers.append(ServerRuntime(server, index, family, sockaddr, pool, context))
     return BackendRuntime(config, servers)
+
+
+def _room(server: ServerRuntime) -> bool:
+    return server.usable and not server.full
+
+
+class _Loads(Sequence[int]):
+    """The live in-flight request counts, by server index, for the load-aware algorithms."""
+
+    __slots__ = ("_servers",)
+
+    def __init__(self, servers: list[ServerRuntime]) -> None:
+        self._servers = servers
+
+    def __len__(self) -> int:
+        return len(self._servers)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        if isinstance(index, slice):
+            return [s.counters.current_requests for s in self._servers[index]]
+        return self._servers[index].counters.current_requests

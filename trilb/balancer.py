@@ -20,6 +20,7 @@ from .backend import BackendRuntime, resolve_backend
 from .config import Address, Config
 from .errors import ConfigError, ConfigProblem
 from .frontend import ConnectionSlots, FrontendRuntime, open_listeners
+from .health import start_health_checks
 from .logsink import LogSink
 from .stats import Statistics
 from .tls import ServerTLS, describe, load_server_tls
@@ -70,6 +71,17 @@ class Balancer:
             raise ValueError(f"weight must be 0-256, got {weight}")
         self._backends[backend].set_weight(server, weight)
 
+    def set_server_state(self, backend: str, server: str, state: str) -> None:
+        """Take a server out or put it back, as an operator: "ready" (normal), "drain" (no new
+        requests; those in flight finish) or "maint" (none at all). Health checks still decide
+        whether a "ready" server is UP."""
+        if state not in ("ready", "drain", "maint"):
+            raise ValueError(f'state must be "ready", "drain" or "maint", got {state!r}')
+        target = self._backends[backend].server(server)
+        if target.admin_state != state:
+            target.admin_state = state
+            self.log.info(f"server {backend}/{server} is now {target.state} (set by the operator)")
+
     async def drain(self, grace: float | None = None) -> None:
         """Stop gracefully: stop accepting, close idle keep-alive connections, let requests in
         flight finish for up to ``grace`` seconds (default 30), then close the rest.
@@ -84,6 +96,7 @@ class Balancer:
             async with trio.open_nursery() as nursery, trio.open_nursery() as connections:
                 for fe in self._frontends:
                     nursery.start_soon(fe.run, connections)
+                start_health_checks(nursery, self._backends.values(), self.log)
                 self._log_start()
                 task_status.started(self)
                 await self._drain_started.wait()
@@ -96,6 +109,8 @@ class Balancer:
                 if scope.cancelled_caught:
                     self.log.warning("drain grace period over: closing the remaining connections")
                 connections.cancel_scope.cancel()
+                # The health checks run in `nursery` until cancelled: stop them with the rest.
+                nursery.cancel_scope.cancel()
         finally:
             self._close_everything()
             self._stopped.set()

@@ -21,6 +21,7 @@ import h11
 import trio
 
 from .core.accesslog import RequestLog, millis
+from .core.balance import RequestKey
 from .core.headers import request_headers_for_server, response_headers_for_client
 from .core.http1 import (
     LAST_CHUNK,
@@ -33,6 +34,7 @@ from .core.http1 import (
     response_head,
 )
 from .core.responses import error_body, error_headers
+from .core.sticky import request_cookie, response_cookies
 from .pool import ServerConnection
 
 if TYPE_CHECKING:
@@ -89,6 +91,15 @@ class ParsedRequest(NamedTuple):
     started: float  # monotonic time the request began
 
 
+class _Retry(Exception):
+    """Try again (another server, or a fresh connection to the same one)."""
+
+    def __init__(self, failures: int, *, stale: bool) -> None:
+        super().__init__(failures)
+        self.failures = failures
+        self.stale = stale
+
+
 class ClientGone(Exception):
     """The client side failed (closed, reset, timed out): nothing more can be said to it."""
 
@@ -140,6 +151,7 @@ class Exchange:
         "server_timeout",
         "session",
         "started",
+        "sticky_index",
     )
 
     def __init__(
@@ -166,6 +178,8 @@ class Exchange:
         self.body_left = max(0, parsed.info.length)  # request body bytes not relayed yet
         self.request_done = not (self.chunked or self.body_left)
         self.keep_client = parsed.info.keep_alive
+        #: the server a stickiness cookie of the request names (its index), if any
+        self.sticky_index: int | None = None
 
     # -- choosing a server and retrying ---------------------------------------------------------
 
@@ -182,8 +196,14 @@ class Exchange:
             if pipelined:
                 session.buffer = bytearray(pipelined)
         request = self.request
+        fields = self.fields
+        if backend.cookie is not None:
+            self.sticky_index, fields = request_cookie(backend.cookie, fields, backend.cookie_ids)
+        stick_table = backend.stick_table
+        if stick_table is not None and self.sticky_index is None:
+            self.sticky_index = stick_table.lookup(session.client_ip, time.monotonic())
         headers = request_headers_for_server(
-            self.fields, chunked=self.chunked, forwarded=session.forwarded
+            fields, chunked=self.chunked, forwarded=session.forwarded
         )
         if session.cert_header is not None:
             lower, name, subject = session.cert_header
@@ -197,43 +217,96 @@ class Exchange:
         replayable = request.method in IDEMPOTENT and self.request_done
         tried: set[int] = set()
         failures = 0
-        retries = backend.config.retries
         backend.counters.total_requests += 1
+        queued_at = time.monotonic()
         while True:
-            server = backend.pick(tried)
+            server = None
+            if self.sticky_index is not None and not tried:
+                server = backend.sticky_server(self.sticky_index)
+            if server is None and not backend.queue.waiting:
+                server = backend.pick(tried, self._key())
             if server is None:
-                return await self._answer_error(503, "SC", "no server available")
+                if not backend.waits_for_a_slot():
+                    return await self._answer_error(503, "SC", "no server available")
+                admitted = True
+                with trio.move_on_after(backend.config.timeouts.queue) as waited:
+                    admitted = await backend.queue.wait()
+                if waited.cancelled_caught or not admitted:
+                    record.t_queue = millis(queued_at, time.monotonic())
+                    if not admitted:
+                        return await self._answer_error(503, "PQ", "no server slot (queue full)")
+                    return await self._answer_error(503, "sQ", "no server slot (queue timeout)")
+                server = backend.pick(tried, self._key())
+                if server is None:
+                    backend.queue.wake_next()  # let the next one try its luck
+                    continue
+            record.t_queue = millis(queued_at, time.monotonic())
             record.server = server.name
             tried.add(server.index)
+            backend.take_slot(server)
+            if stick_table is not None:
+                stick_table.store(session.client_ip, server.index, time.monotonic())
             try:
-                upstream, reused = await self._server_connection(server)
-            except OSError as exc:
-                server.counters.connect_errors += 1
-                failures += 1
-                session.log.warning(
-                    f"backend {backend.name}/{server.name}: connect failed "
-                    f"(attempt {failures} of {retries + 1}): {exc or type(exc).__name__}"
-                )
-                if failures > retries:
-                    return await self._answer_error(503, "SC", "no server could be reached")
-                record.retries += 1
-                continue
-            if not has_host:
-                host = str(server.config.address).encode("ascii")
-                head = request_head(request.method, request.target, [(b"Host", host), *headers])
-            try:
-                return await self._exchange(server, upstream, head)
-            except ServerFailed as failure:
-                upstream.close()
-                if failure.replayable and reused and replayable:
+                return await self._attempt(server, head, headers, has_host, failures, replayable)
+            except _Retry as retry:
+                failures = retry.failures
+                if retry.stale:
                     tried.discard(server.index)  # a stale pooled connection: not the server's fault
-                    continue
-                server.counters.count_response(failure.status)
-                session.log.warning(
-                    f"backend {backend.name}/{server.name}: {failure.reason}; "
-                    f"answered {failure.status}"
-                )
-                return await self._answer_error(failure.status, failure.termination, None)
+                continue
+            finally:
+                backend.release_slot(server)
+
+    def _key(self) -> RequestKey | None:
+        """What a hashing algorithm looks at; only built for those."""
+        if not self.backend.hashes:
+            return None
+        path, _, query = self.request.target.partition(b"?")
+        return RequestKey(
+            client_ip=self.session.client_ip, path=path, query=query, headers=self.fields
+        )
+
+    async def _attempt(
+        self,
+        server: ServerRuntime,
+        head: bytes,
+        headers: list[tuple[bytes, bytes]],
+        has_host: bool,
+        failures: int,
+        replayable: bool,
+    ) -> bool:
+        """One try on ``server``; raises :class:`_Retry` when another try should follow."""
+        session = self.session
+        backend = self.backend
+        record = self.record
+        request = self.request
+        retries = backend.config.retries
+        try:
+            upstream, reused = await self._server_connection(server)
+        except OSError as exc:
+            server.counters.connect_errors += 1
+            failures += 1
+            session.log.warning(
+                f"backend {backend.name}/{server.name}: connect failed "
+                f"(attempt {failures} of {retries + 1}): {exc or type(exc).__name__}"
+            )
+            if failures > retries:
+                return await self._answer_error(503, "SC", "no server could be reached")
+            record.retries += 1
+            raise _Retry(failures, stale=False) from None
+        if not has_host:
+            host = str(server.config.address).encode("ascii")
+            head = request_head(request.method, request.target, [(b"Host", host), *headers])
+        try:
+            return await self._exchange(server, upstream, head)
+        except ServerFailed as failure:
+            upstream.close()
+            if failure.replayable and reused and replayable:
+                raise _Retry(failures, stale=True) from None
+            server.counters.count_response(failure.status)
+            session.log.warning(
+                f"backend {backend.name}/{server.name}: {failure.reason}; answered {failure.status}"
+            )
+            return await self._answer_error(failure.status, failure.termination, None)
 
     async def _server_connection(self, server: ServerRuntime) -> tuple[ServerConnection, bool]:
         now = time.monotonic()
@@ -241,7 +314,6 @@ class Exchange:
         for old in stale:
             old.close()
         record = self.record
-        record.t_queue = 0
         if conn is not None:
             record.t_connect = 0
             return conn, True
@@ -261,9 +333,7 @@ class Exchange:
         session = self.session
         backend = self.backend
         counters = server.counters
-        counters.current_requests += 1
-        counters.total_requests += 1
-        backend.counters.current_requests += 1
+        counters.total_requests += 1  # (current_requests: the slot taken in run())
         record = self.record
         self.scope = trio.CancelScope()  # one per attempt: a scope can be entered only once
         self._deadline = math.inf
@@ -291,8 +361,6 @@ class Exchange:
         finally:
             record.srv_conn = counters.current_requests
             record.beconn = backend.counters.current_requests
-            counters.current_requests -= 1
-            backend.counters.current_requests -= 1
         counters.count_response(record.status)
         backend.counters.count_response(record.status)
         if server_reusable and self.request_done:
@@ -449,6 +517,10 @@ class Exchange:
         framing, length = body_framing(request.method, event.status_code, info)
         server_keeps_alive = info.keep_alive
         headers = response_headers_for_client(fields)
+        cookie = self.backend.cookie
+        if cookie is not None:
+            had_it = self.sticky_index == server.index
+            headers = response_cookies(cookie, headers, server.cookie_id, request_had_it=had_it)
         to_chunk = False
         if framing is Framing.CHUNKED or framing is Framing.UNTIL_CLOSE:
             if request.http_version == b"1.1":

@@ -88,6 +88,11 @@ class ServerStatistics:
     weight: int
     traffic: TrafficStatistics
     idle_connections: int
+    #: UP, DOWN (health checks), DRAIN or MAINT (the operator)
+    state: str = "UP"
+    backup: bool = False
+    #: the last health check's outcome ("" without checks)
+    check_status: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -95,6 +100,8 @@ class BackendStatistics:
     name: str
     traffic: TrafficStatistics
     servers: tuple[ServerStatistics, ...]
+    #: requests waiting for a server slot
+    queued: int = 0
 
     def server(self, name: str) -> ServerStatistics:
         return next(s for s in self.servers if s.name == name)

@@ -325,21 +325,30 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("frontend-handshake-timeout", web(timeout_handshake="soon"), "frontends.web.timeout_handshake", 'got "soon"'),
     ("routes", web(routes=[{"backend": "app"}]), "frontends.web.routes", PLANNED),
     # [backends.NAME]
-    ("balance-typo", app(balance="roundrobbin"), "backends.app.balance", 'must be one of "roundrobin", "static-rr", got "roundrobbin" (did you mean \'roundrobin\'?)'),
-    ("balance-leastconn", app(balance="leastconn"), "backends.app.balance", f'"leastconn" is {PLANNED}; supported now: "roundrobin", "static-rr"'),
-    ("balance-first", app(balance="first"), "backends.app.balance", PLANNED),
-    ("balance-source", app(balance="source"), "backends.app.balance", PLANNED),
-    ("balance-uri", app(balance="uri"), "backends.app.balance", PLANNED),
-    ("balance-random", app(balance="random"), "backends.app.balance", PLANNED),
-    ("balance-url-param", app(balance="url_param:id"), "backends.app.balance", f'"url_param:id" is {PLANNED}'),
-    ("balance-header", app(balance="header:Host"), "backends.app.balance", PLANNED),
+    ("balance-typo", app(balance="roundrobbin"), "backends.app.balance", 'got "roundrobbin" (did you mean \'roundrobin\'?)'),
+    ("balance-unknown", app(balance="weighted"), "backends.app.balance", 'must be one of "roundrobin", "static-rr", "leastconn", "first", "source", "uri", "random", "url_param:NAME", "header:NAME", got "weighted"'),
+    ("balance-url-param-no-name", app(balance="url_param:"), "backends.app.balance", 'needs a name after "url_param:"'),
+    ("balance-header-bad-name", app(balance="header:X Y"), "backends.app.balance", 'needs a name after "header:"'),
+    ("hash-type", app(hash_type="ring"), "backends.app.hash_type", 'must be one of "map-based", "consistent", got "ring"'),
+    ("uri-whole", app(uri_whole="yes"), "backends.app.uri_whole", 'must be true or false, got "yes"'),
     ("backend-mode-tcp", app(mode="tcp"), "backends.app.mode", PLANNED),
     ("backend-retries", app(retries=True), "backends.app.retries", "must be an integer 0-100, got true"),
     ("backend-pool", app(pool_max_idle="8"), "backends.app.pool_max_idle", 'must be an integer >= 0, got "8"'),
     ("backend-timeout", app(timeout_server=30), "backends.app.timeout_server", "got 30"),
     ("backend-limit", app(max_headers=10), "backends.app.max_headers", "unknown key"),
-    ("cookie", app(cookie={"name": "SERVERID"}), "backends.app.cookie", PLANNED),
-    ("health-check", app(health_check={"type": "http"}), "backends.app.health_check", PLANNED),
+    ("cookie-name-required", app(cookie={"mode": "insert"}), "backends.app.cookie.name", "required"),
+    ("cookie-mode", app(cookie={"name": "SRV", "mode": "inject"}), "backends.app.cookie.mode", 'must be one of "insert", "rewrite", "prefix", got "inject"'),
+    ("cookie-max-age", app(cookie={"name": "SRV", "max_age": "forever"}), "backends.app.cookie.max_age", "must be a duration"),
+    ("cookie-name", app(cookie={"name": "S R V"}), "backends.app.cookie.name", "must be a token"),
+    ("cookie-value", server(cookie_value="a b"), "backends.app.servers[0].cookie_value", "must be a token"),
+    ("health-check-type", app(health_check={"type": "icmp"}), "backends.app.health_check.type", 'must be one of "tcp", "http", "tls", got "icmp"'),
+    ("health-check-status", app(health_check={"expect_status": "2xx"}), "backends.app.health_check.expect_status", 'must be status codes like "200-399" or "200,302", got "2xx"'),
+    ("health-check-status-range", app(health_check={"expect_status": "99-200"}), "backends.app.health_check.expect_status", "within 100-599"),
+    ("health-check-path", app(health_check={"path": "health"}), "backends.app.health_check.path", 'must be a path like "/health"'),
+    ("health-check-regex", app(health_check={"expect_body_regex": "("}), "backends.app.health_check.expect_body_regex", "is not a valid regular expression"),
+    ("health-check-fall", app(health_check={"fall": 0}), "backends.app.health_check.fall", "must be an integer 1-1000, got 0"),
+    ("health-check-typo", app(health_check={"intervall": "1s"}), "backends.app.health_check.intervall", "unknown key (did you mean 'interval'?)"),
+    ("health-check-method", app(health_check={"method": "GE T"}), "backends.app.health_check.method", "must be an HTTP method"),
     ("servers-not-array", app(servers={"name": "s1", "address": "h:1"}), "backends.app.servers", 'must be an array of tables like [{ name = "s1", address = "10.0.0.1:80" }], got { name = "s1", address = "h:1" }'),
     ("server-not-table", app(servers=[{"name": "s1", "address": "h:1"}, "h:2"]), "backends.app.servers[1]", 'must be a table like { name = "s1", address = "10.0.0.1:80" }, got "h:2"'),
     # servers
@@ -358,8 +367,11 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("address-v6-unbracketed", server(address="::1:80"), "backends.app.servers[0].address", "must be in brackets"),
     ("address-v4-in-brackets", server(address="[127.0.0.1]:80"), "backends.app.servers[0].address", '"127.0.0.1" is not an IPv6 address'),
     ("server-typo", server(wieght=3), "backends.app.servers[0].wieght", "unknown key (did you mean 'weight'?)"),
-    ("backup", server(backup=True), "backends.app.servers[0].backup", PLANNED),
-    ("server-max-connections", server(max_connections=10), "backends.app.servers[0].max_connections", PLANNED),
+    ("backup-type", server(backup="yes"), "backends.app.servers[0].backup", 'must be true or false, got "yes"'),
+    ("server-max-connections", server(max_connections=0), "backends.app.servers[0].max_connections", "must be an integer >= 1, got 0"),
+    ("all-backups-type", app(all_backups=1), "backends.app.all_backups", "must be true or false, got 1"),
+    ("max-queue", app(max_queue=-1), "backends.app.max_queue", "must be an integer >= 0, got -1"),
+    ("timeout-queue", app(timeout_queue="never"), "backends.app.timeout_queue", 'got "never"'),
     ("slow-start", server(slow_start="30s"), "backends.app.servers[0].slow_start", PLANNED),
     ("server-tls-type", server(tls="yes"), "backends.app.servers[0].tls", 'must be true, false or a table like { verify = true, ca = "ca.pem" }, got "yes"'),
     ("server-tls-verify", server(tls={"verify": "no"}), "backends.app.servers[0].tls.verify", 'must be true or false, got "no"'),
@@ -655,3 +667,40 @@ def test_tls_table_loads_with_defaults_and_resolves_paths(tmp_path: Path) -> Non
     assert tls.client_cert_header == "X-Client-Cert-Subject"
     assert load_config(path) == load_config(path)
     assert trilb.TLSConfig(certificates="a.pem").certificates == ("a.pem",)
+
+
+def test_stickiness_and_queue_keys_load() -> None:
+    config = loads_config(
+        """
+        [frontends.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        [backends.app]
+        balance = "header:X-User"
+        hash_type = "consistent"
+        stick = "source"
+        stick_table = { size = 10, expire = "5m" }
+        cookie = { name = "SRV", mode = "prefix", max_age = "1h", secure = true }
+        all_backups = true
+        max_queue = 5
+        timeout_queue = "2s"
+        servers = [
+          { name = "a", address = "127.0.0.1:9000", max_connections = 3, cookie_value = "x1" },
+          { name = "b", address = "127.0.0.1:9001", backup = true },
+        ]
+        """
+    )
+    backend = config.backend("app")
+    assert (backend.balance, backend.hash_type, backend.stick) == (
+        "header:X-User",
+        "consistent",
+        "source",
+    )
+    assert (backend.stick_table.size, backend.stick_table.expire) == (10, 300.0)
+    assert backend.cookie == trilb.CookieConfig(
+        name="SRV", mode="prefix", max_age=3600, secure=True
+    )
+    assert (backend.all_backups, backend.max_queue, backend.timeouts.queue) == (True, 5, 2.0)
+    assert backend.servers[0].max_connections == 3
+    assert backend.servers[0].cookie_value == "x1"
+    assert backend.servers[1].backup

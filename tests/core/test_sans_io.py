@@ -11,9 +11,14 @@ CORE_MODULES = [
     "trilb.core.accesslog",
     "trilb.core.balance",
     "trilb.core.framing",
+    "trilb.core.hashing",
+    "trilb.core.health",
     "trilb.core.headers",
     "trilb.core.http1",
+    "trilb.core.redirect",
     "trilb.core.responses",
+    "trilb.core.sni",
+    "trilb.core.sticky",
     "trilb.config",
 ]
 

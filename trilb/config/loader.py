@@ -20,7 +20,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import attrs
 
@@ -29,6 +29,10 @@ from ..errors import ConfigError, ConfigProblem
 from .model import (
     ALPN_PROTOCOLS,
     BALANCE_ALGORITHMS,
+    BALANCE_WITH_NAME,
+    COOKIE_MODES,
+    HASH_TYPES,
+    HEALTH_CHECK_TYPES,
     LOG_FORMATS,
     LOG_TARGETS,
     MODES,
@@ -37,12 +41,15 @@ from .model import (
     VERIFY_CLIENT,
     BackendConfig,
     Config,
+    CookieConfig,
     FrontendConfig,
     GlobalConfig,
+    HealthCheck,
     Limits,
     LogConfig,
     RedirectHTTPS,
     ServerConfig,
+    StickTableConfig,
     Timeouts,
     TLSConfig,
     UpstreamTLS,
@@ -61,9 +68,9 @@ _PLANNED = "not supported yet in trilb {}.{} (planned)".format(*__version__.spli
 # mistaken for typos.
 _PLANNED_TOP = ("stats", "admin")
 _PLANNED_FRONTEND = ("accept_proxy", "rate_limit", "routes")
-_PLANNED_BACKEND = ("cookie", "health_check")
-_PLANNED_SERVER = ("backup", "max_connections", "slow_start", "send_proxy")
-_PLANNED_BALANCE = ("leastconn", "first", "source", "uri", "random", "url_param:", "header:")
+_PLANNED_BACKEND: tuple[str, ...] = ()
+_PLANNED_SERVER = ("slow_start", "send_proxy")
+
 
 # The model's own defaults, read from instances so the loader never restates them.
 _GLOBAL = GlobalConfig()
@@ -71,6 +78,7 @@ _BACKEND = BackendConfig(name="", servers=())
 _FRONTEND = FrontendConfig(name="", bind=())
 _SERVER = ServerConfig(name="", address=Address())
 _TLS = TLSConfig(certificates=())
+_HEALTH = HealthCheck()
 _NO_PATHS: tuple[str, ...] = ()
 
 #: HAProxy's rule for names; they appear in logs, stats and (later) cookies, so no spaces or quotes
@@ -333,6 +341,56 @@ def _bool_or_table(value: object) -> bool | Mapping[str, Any]:
     raise ValueError(f"must be true, false or a table like {{ port = 8443 }}, got {_show(value)}")
 
 
+def _seconds(value: object) -> int:
+    """A number of seconds, or a duration string ("1h")."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        return int(parse_duration(value))
+    raise ValueError(f'must be seconds or a duration like "1h", got {_show(value)}')
+
+
+def _status_ranges(value: object) -> tuple[tuple[int, int], ...]:
+    """ "200-399", "200,301-302", or a number."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str):
+        raise ValueError(f'must be status codes like "200-399" or "200,302", got {_show(value)}')
+    ranges = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise ValueError(
+                f'must be status codes like "200-399" or "200,302", got {_show(value)}'
+            ) from None
+        if not 100 <= first <= last <= 599:
+            raise ValueError(f"must be status codes within 100-599, got {_show(value)}")
+        ranges.append((first, last))
+    return tuple(ranges)
+
+
+def _method(value: object) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise ValueError(f'must be an HTTP method like "GET" or "HEAD", got {_show(value)}')
+    return value
+
+
+def _check_path(value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(c in value for c in " \r\n"):
+        raise ValueError(f'must be a path like "/health", got {_show(value)}')
+    return value
+
+
+def _regex(value: object) -> str:
+    text = _str(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression ({exc}): {_show(value)}") from None
+    return text
+
+
 def _redirect_code(value: object) -> int:
     if isinstance(value, bool) or value not in REDIRECT_CODES:
         codes = ", ".join(map(str, REDIRECT_CODES))
@@ -350,6 +408,14 @@ def _bool_or_table_tls(value: object) -> bool | Mapping[str, Any]:
     )
 
 
+def _token(value: object) -> str:
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+        raise ValueError(
+            f"must be a token (letters, digits and !#$%&'*+.^_`|~-), got {_show(value)}"
+        )
+    return value
+
+
 def _header_name(value: object) -> str:
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise ValueError(f'must be a header name like "X-Client-Cert", got {_show(value)}')
@@ -363,7 +429,26 @@ _VERIFY_CLIENT = _choice(VERIFY_CLIENT)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _POOL_MAX_IDLE = _int(0)
 _MODE = _choice(MODES, planned=("tcp",))
-_BALANCE = _choice(BALANCE_ALGORITHMS, _PLANNED_BALANCE)
+
+
+def _balance(value: object) -> str:
+    """An algorithm name, or "url_param:NAME" / "header:NAME"."""
+    if isinstance(value, str):
+        if value in BALANCE_ALGORITHMS:
+            return value
+        prefix, _, name = value.partition(":")
+        if f"{prefix}:" in BALANCE_WITH_NAME:
+            if not name or not _TOKEN.fullmatch(name):
+                raise ValueError(f'needs a name after "{prefix}:", got {_show(value)}')
+            return value
+    supported = ", ".join(_show(c) for c in (*BALANCE_ALGORITHMS, "url_param:NAME", "header:NAME"))
+    hint = did_you_mean(value, BALANCE_ALGORITHMS) if isinstance(value, str) else ""
+    raise ValueError(f"must be one of {supported}, got {_show(value)}{hint}")
+
+
+_BALANCE = _balance
+_STICK_ON: tuple[Literal["source"], ...] = ("source",)
+_STICK = _choice(_STICK_ON)
 _TIMEOUT_FIELDS = tuple(field.name for field in attrs.fields(Timeouts))
 
 
@@ -532,6 +617,56 @@ class _Loader:
         table.finish()
         return result
 
+    def stick_table(self, table: _Table) -> StickTableConfig:
+        default = StickTableConfig()
+        if "stick_table" not in table.data:
+            table.known.append("stick_table")
+            return default
+        sub = table.table("stick_table")
+        result = StickTableConfig(
+            size=sub.get("size", _int(1), default.size),
+            expire=sub.get("expire", _duration, default.expire),
+        )
+        sub.finish()
+        return result
+
+    def cookie(self, table: _Table) -> CookieConfig:
+        sub = table.table("cookie")
+        result = CookieConfig(
+            name=sub.get("name", _token, "SERVERID", required=True),
+            mode=sub.get("mode", _choice(COOKIE_MODES), "insert"),
+            nocache=sub.get("nocache", _bool, False),
+            httponly=sub.get("httponly", _bool, False),
+            secure=sub.get("secure", _bool, False),
+            max_age=sub.get("max_age", _seconds, None),
+            domain=sub.get("domain", _str, None),
+        )
+        sub.finish()
+        return result
+
+    def health_check(self, table: _Table) -> HealthCheck:
+        sub = table.table("health_check")
+        default = _HEALTH
+        result = HealthCheck(
+            type=sub.get("type", _choice(HEALTH_CHECK_TYPES), default.type),
+            interval=sub.get("interval", _duration, default.interval),
+            fast_interval=sub.get("fast_interval", _duration, default.fast_interval),
+            down_interval=sub.get("down_interval", _duration, default.down_interval),
+            timeout=sub.get("timeout", _duration, default.timeout),
+            fall=sub.get("fall", _int(1, 1000), default.fall),
+            rise=sub.get("rise", _int(1, 1000), default.rise),
+            port=sub.get("port", _int(1, 65535), default.port),
+            address=sub.get("address", _str, default.address),
+            method=sub.get("method", _method, default.method),
+            path=sub.get("path", _check_path, default.path),
+            host=sub.get("host", _str, default.host),
+            expect_status=sub.get("expect_status", _status_ranges, default.expect_status),
+            expect_body=sub.get("expect_body", _str, default.expect_body),
+            expect_body_regex=sub.get("expect_body_regex", _regex, default.expect_body_regex),
+        )
+        sub.finish()
+        return result
+
     def redirect_https(self, table: _Table) -> RedirectHTTPS | None:
         """``redirect_https = true`` or ``{ port = 8443, code = 301 }``."""
         off: bool | Mapping[str, Any] = False
@@ -585,10 +720,18 @@ class _Loader:
             name=name,
             mode=table.get("mode", _MODE, _BACKEND.mode),
             balance=table.get("balance", _BALANCE, _BACKEND.balance),
+            hash_type=table.get("hash_type", _choice(HASH_TYPES), _BACKEND.hash_type),
+            uri_whole=table.get("uri_whole", _bool, _BACKEND.uri_whole),
             timeouts=_timeouts(table, defaults.timeouts),
             retries=table.get("retries", _RETRIES, defaults.retries),
             pool_max_idle=table.get("pool_max_idle", _POOL_MAX_IDLE, defaults.pool_max_idle),
             servers=self.servers(table),
+            health_check=self.health_check(table) if "health_check" in table.data else None,
+            all_backups=table.get("all_backups", _bool, _BACKEND.all_backups),
+            cookie=self.cookie(table) if "cookie" in table.data else None,
+            stick=table.get("stick", _STICK, None),
+            stick_table=self.stick_table(table),
+            max_queue=table.get("max_queue", _int(0), _BACKEND.max_queue),
         )
         table.finish()
         return result
@@ -612,6 +755,9 @@ class _Loader:
             address=table.get("address", _server_address, Address(), required=True),
             weight=table.get("weight", _int(0, 256), _SERVER.weight),
             tls=self.upstream_tls(table),
+            backup=table.get("backup", _bool, _SERVER.backup),
+            max_connections=table.get("max_connections", _int(1), _SERVER.max_connections),
+            cookie_value=table.get("cookie_value", _token, _SERVER.cookie_value),
         )
         table.finish()
         return result

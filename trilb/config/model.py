@@ -22,20 +22,35 @@ __all__ = [
     "INTERMEDIATE_CIPHERS",
     "BackendConfig",
     "Config",
+    "CookieConfig",
     "FrontendConfig",
     "GlobalConfig",
+    "HealthCheck",
     "Limits",
     "LogConfig",
     "RedirectHTTPS",
     "ServerConfig",
+    "StickTableConfig",
     "TLSConfig",
     "Timeouts",
     "UpstreamTLS",
     "reference_problems",
 ]
 
-Balance = Literal["roundrobin", "static-rr"]
-BALANCE_ALGORITHMS: tuple[Balance, ...] = ("roundrobin", "static-rr")
+#: "url_param:NAME" and "header:NAME" take a name after the colon
+Balance = str
+BALANCE_ALGORITHMS: tuple[str, ...] = (
+    "roundrobin",
+    "static-rr",
+    "leastconn",
+    "first",
+    "source",
+    "uri",
+    "random",
+)
+BALANCE_WITH_NAME = ("url_param:", "header:")
+HashType = Literal["map-based", "consistent"]
+HASH_TYPES: tuple[HashType, ...] = ("map-based", "consistent")
 LogTarget = Literal["stdout", "stderr", "none"]
 LOG_TARGETS: tuple[LogTarget, ...] = ("stdout", "stderr", "none")
 LogFormat = Literal["haproxy", "json"]
@@ -64,6 +79,8 @@ class Timeouts:
     pool_idle: float = 30.0
     #: a TLS handshake must complete within this (HAProxy's ``timeout client-hs``)
     handshake: float = 10.0
+    #: a request may wait this long in a backend's queue for a server slot (then 503)
+    queue: float = 5.0
 
 
 @attrs.frozen(kw_only=True)
@@ -159,6 +176,68 @@ def _server_address(value: str | Address) -> Address:
     return Address.for_server(value)
 
 
+CookieMode = Literal["insert", "rewrite", "prefix"]
+COOKIE_MODES: tuple[CookieMode, ...] = ("insert", "rewrite", "prefix")
+
+
+@attrs.frozen(kw_only=True)
+class CookieConfig:
+    """Cookie stickiness (``backends.NAME.cookie``); see :mod:`trilb.core.sticky`."""
+
+    name: str
+    mode: CookieMode = "insert"
+    #: responses that set the cookie become private to the client (no shared caching)
+    nocache: bool = False
+    httponly: bool = False
+    secure: bool = False
+    #: seconds; None: a session cookie
+    max_age: int | None = None
+    domain: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StickTableConfig:
+    """The table behind ``stick = "source"``: entries at most, and how long one lasts unused."""
+
+    size: int = 100_000
+    expire: float = 1800.0
+
+
+HealthCheckType = Literal["tcp", "http", "tls"]
+HEALTH_CHECK_TYPES: tuple[HealthCheckType, ...] = ("tcp", "http", "tls")
+
+
+@attrs.frozen(kw_only=True)
+class HealthCheck:
+    """Active health checks of a backend's servers (HAProxy's ``check``, ``option httpchk``)."""
+
+    type: HealthCheckType = "tcp"
+    #: between checks while the server's state is settled
+    interval: float = 2.0
+    #: between checks while it is changing (some failures while UP, some successes while DOWN)
+    fast_interval: float | None = None  # None: interval
+    #: between checks while the server is DOWN
+    down_interval: float | None = None  # None: interval
+    #: one check may take this long
+    timeout: float = 1.0
+    #: consecutive failures that take an UP server DOWN, successes that bring it back
+    fall: int = 3
+    rise: int = 2
+    #: check another port or address than the one traffic goes to
+    port: int | None = None
+    address: str | None = None
+    # type = "http":
+    method: str = "GET"
+    path: str = "/"
+    #: the Host header of the check; None: the server's address
+    host: str | None = None
+    #: acceptable status codes as inclusive ranges, e.g. ((200, 399),)
+    expect_status: tuple[tuple[int, int], ...] = ((200, 399),)
+    #: the body must contain this substring / match this regular expression
+    expect_body: str | None = None
+    expect_body_regex: str | None = None
+
+
 @attrs.frozen(kw_only=True)
 class UpstreamTLS:
     """TLS to a server (re-encryption)."""
@@ -177,6 +256,12 @@ class ServerConfig:
     #: share of new traffic relative to the other servers; 0 = no new traffic
     weight: int = 100
     tls: UpstreamTLS | None = None
+    #: gets traffic only when no regular server is usable
+    backup: bool = False
+    #: requests in flight at most; more wait in the backend's queue (None: no limit)
+    max_connections: int | None = None
+    #: the server's id in stickiness cookies (None: an opaque hash of backend and server names)
+    cookie_value: str | None = None
 
 
 def _servers(value: Iterable[ServerConfig]) -> tuple[ServerConfig, ...]:
@@ -189,11 +274,25 @@ class BackendConfig:
     servers: tuple[ServerConfig, ...] = attrs.field(converter=_servers)
     mode: Mode = "http"
     balance: Balance = "roundrobin"
+    #: how hashing algorithms map keys to servers: "consistent" moves few keys when a server
+    #: comes or goes, "map-based" spreads them exactly by weight
+    hash_type: HashType = "map-based"
+    #: ``balance = "uri"`` hashes the query too
+    uri_whole: bool = False
     timeouts: Timeouts = Timeouts()
     #: extra connection attempts after a failed one; each goes to another server when there is one
     retries: int = 2
     #: idle keep-alive connections kept per server for reuse
     pool_max_idle: int = 64
+    health_check: HealthCheck | None = None
+    #: when backups take over, spread over all of them (else only the first usable one)
+    all_backups: bool = False
+    #: requests waiting for a server slot (max_connections) at most; beyond: 503
+    max_queue: int = 1024
+    cookie: CookieConfig | None = None
+    #: "source": keep a client address on the server it first got (a bounded, expiring table)
+    stick: Literal["source"] | None = None
+    stick_table: StickTableConfig = StickTableConfig()
 
 
 @attrs.frozen(kw_only=True)

@@ -1,0 +1,337 @@
+"""Active health checks, the Trio shell: one task per checked server, in the balancer's nursery.
+
+::
+
+    serve()                              the balancer's nursery
+    ├── frontend.run() ...
+    ├── health check backend/server      one per server of a backend with ``health_check``
+    └── connections nursery ...
+
+Each task checks its server, feeds the outcome to the server's
+:class:`~trilb.core.health.HealthState` and, when the verdict changes, sets ``server.up`` (which
+takes the server out of, or back into, the balancing) and logs HAProxy's line (one line)::
+
+    server wordpress/wp2 is DOWN, reason: Layer7 wrong status, code: 500, check duration: 3ms.
+    1 active and 0 backup servers left.
+
+The decisions (state machine, intervals, judging an answer, the wording) are in
+:mod:`trilb.core.health`; this module only opens connections and moves bytes.
+
+The checks, each bounded as a whole by ``health_check.timeout``:
+
+* ``tcp``: connect, then close.
+* ``tls``: connect, TLS handshake, close. With the server's own context when it re-encrypts
+  (verification as configured), else with one that verifies nothing: the check is that TLS works.
+* ``http``: connect (TLS too when the server re-encrypts and the check goes to the traffic
+  address, as HAProxy's checks inherit ``ssl`` unless ``port``/``addr`` are overridden), send
+  ``METHOD PATH HTTP/1.1`` with ``Host``, ``User-Agent: trilb-check`` and ``Connection: close``,
+  and judge the status, and the body's first :data:`~trilb.core.health.BODY_LIMIT` bytes when
+  ``expect_body`` / ``expect_body_regex`` ask for it.
+
+The check goes to the server's traffic address unless ``health_check.address`` / ``port`` say
+otherwise; an ``address`` hostname is resolved once, at the first check that needs it.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+import ssl
+from collections.abc import Iterable
+
+import h11
+import trio
+
+from .backend import BackendRuntime, ServerRuntime
+from .config import HealthCheck
+from .core.health import (
+    BODY_LIMIT,
+    CheckResult,
+    HealthState,
+    Reason,
+    judge_http_response,
+    no_server_message,
+    transition_message,
+    wants_body,
+)
+from .logsink import LogSink
+from .net import connect
+
+__all__ = ["USER_AGENT", "ServerChecker", "start_health_checks"]
+
+#: the User-Agent of HTTP checks, so servers can keep them out of their access logs
+USER_AGENT = "trilb-check"
+
+#: bytes asked of the stream per read while reading a check's answer
+RECEIVE_SIZE = 16 * 1024
+
+#: h11's bound on an incomplete response head (its default; a health answer's head is small)
+MAX_HEAD_SIZE = 16 * 1024
+
+
+def start_health_checks(
+    nursery: trio.Nursery, backends: Iterable[BackendRuntime], log: LogSink
+) -> int:
+    """Start one check task in ``nursery`` for every server of every backend that has a
+    ``health_check``; returns how many were started.
+
+    Cancellation: the tasks run until ``nursery`` is cancelled (the balancer stops).
+    Resource handling: every check closes its connection, however it ends.
+    Error handling: a check never raises: errors are failed checks, logged with their reason.
+    """
+    insecure: ssl.SSLContext | None = None
+    count = 0
+    for backend in backends:
+        check = backend.config.health_check
+        if check is None:
+            continue
+        if insecure is None:
+            insecure = _insecure_context()
+        for server in backend.servers:
+            checker = ServerChecker(backend, server, check, log, insecure_context=insecure)
+            nursery.start_soon(checker.run, name=f"health check {backend.name}/{server.name}")
+            count += 1
+    return count
+
+
+def _insecure_context() -> ssl.SSLContext:
+    """For ``tls`` checks of servers trilb does not re-encrypt to: no verification, the check is
+    only that a TLS server answers the handshake."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # (loads no CA certificates: none needed)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class ServerChecker:
+    """The health checks of one server (one task: :meth:`run`)."""
+
+    def __init__(
+        self,
+        backend: BackendRuntime,
+        server: ServerRuntime,
+        check: HealthCheck,
+        log: LogSink,
+        *,
+        insecure_context: ssl.SSLContext,
+    ) -> None:
+        self.backend = backend
+        self.server = server
+        self.check = check
+        self.log = log
+        self.state = HealthState(check.rise, check.fall, up=server.up)
+        self._insecure_context = insecure_context
+        self._pattern = (
+            re.compile(check.expect_body_regex) if check.expect_body_regex is not None else None
+        )
+        self._target: tuple[int, object] | None = None  # (family, sockaddr) once known
+        self._host = check.host or (
+            "localhost" if server.config.address.is_unix else str(server.config.address)
+        )
+        # the check speaks TLS for traffic-address checks of a re-encrypting server, or always
+        # for type "tls"
+        overridden = check.address is not None or check.port is not None
+        self._tls_context: ssl.SSLContext | None = None
+        if check.type == "tls":
+            self._tls_context = server.tls_context or insecure_context
+        elif check.type == "http" and server.tls_context is not None and not overridden:
+            self._tls_context = server.tls_context
+        # the reason a timed-out check gets: the phase it was in
+        self._phase = Reason.L4_TIMEOUT
+        self._last: CheckResult | None = None
+        self._last_internal_error = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend.name}/{self.server.name}"
+
+    async def run(self) -> None:
+        """Check forever, each check ``next_interval`` after the previous one ended.
+
+        The first check comes at a random moment within the first interval (``fast_interval``:
+        a server starts UP but unconfirmed), so that the checks of many servers, or of balancers
+        started together, are spread out instead of running in lockstep."""
+        await trio.sleep(random.uniform(0, self.state.next_interval(self.check)))
+        while True:
+            result = await self.check_once()
+            self.apply(result)
+            await trio.sleep(self.state.next_interval(self.check))
+
+    def apply(self, result: CheckResult) -> None:
+        """Count a check's outcome; on a change of verdict, update the server and log it."""
+        server = self.server
+        server.check_status = result.describe()
+        transition = self.state.record(result.ok, result.reason.value)
+        last, self._last = self._last, result
+        if transition is None:
+            if last is None or last.reason is not result.reason:
+                self._log_progress(result)
+            return
+        server.up = transition.up
+        active = backup = 0
+        for other in self.backend.servers:
+            if other.usable:
+                if other.config.backup:
+                    backup += 1
+                else:
+                    active += 1
+        message = transition_message(
+            self.backend.name, server.name, transition, result, active, backup
+        )
+        if transition.up:
+            self.log.info(message)
+        else:
+            self.log.warning(message)
+            if active + backup == 0:
+                self.log.error(no_server_message(self.backend.name))
+
+    def _log_progress(self, result: CheckResult) -> None:
+        """A debug line when a check's outcome changes without changing the verdict (HAProxy's
+        ``option log-health-checks``), e.g. "... failed, ..., status: 2/3 UP"."""
+        state = self.state
+        if state.up:
+            status = f"{state.fall - state.failures}/{state.fall} UP"
+        else:
+            status = f"{state.successes}/{state.rise} DOWN"
+        verb = "succeeded" if result.ok else "failed"
+        self.log.debug(
+            f"health check for server {self.name} {verb}, reason: {result.describe()}, "
+            f"status: {status}"
+        )
+
+    async def check_once(self) -> CheckResult:
+        """Run one check under the check timeout. Never raises (but lets cancellation through)."""
+        started = trio.current_time()
+        self._phase = Reason.L4_TIMEOUT
+        code: int | None = None
+        info: str | None = None
+        with trio.move_on_after(self.check.timeout) as scope:
+            try:
+                reason, code, info = await self._attempt()
+            except Exception as exc:  # noqa: BLE001 -- a failed check, never the balancer's end
+                reason, info = self._classify(exc)
+        if scope.cancelled_caught:
+            reason, code, info = self._phase, None, None
+        duration_ms = round((trio.current_time() - started) * 1000)
+        return CheckResult(reason=reason, code=code, info=info, duration_ms=duration_ms)
+
+    def _classify(self, exc: Exception) -> tuple[Reason, str | None]:
+        if isinstance(exc, OSError):
+            return Reason.L4_CONNECTION, exc.strerror or str(exc)
+        if isinstance(exc, trio.BrokenResourceError):
+            return Reason.L4_CONNECTION, _error_text(exc)
+        if isinstance(exc, h11.RemoteProtocolError):
+            return Reason.L7_INVALID, str(exc)
+        text = f"{type(exc).__name__}: {exc}"
+        if text != self._last_internal_error:  # once, not at every interval
+            self._last_internal_error = text
+            self.log.error(f"health check of server {self.name} failed unexpectedly: {text}")
+        return Reason.INTERNAL, text
+
+    async def _attempt(self) -> tuple[Reason, int | None, str | None]:
+        family, sockaddr = await self._resolve()
+        transport = await connect(family, sockaddr)
+        try:
+            if self.check.type == "tcp":
+                return Reason.L4_OK, None, None
+            stream: trio.abc.Stream = transport
+            if self._tls_context is not None:
+                self._phase = Reason.L6_TIMEOUT
+                tls = trio.SSLStream(
+                    transport, self._tls_context, server_hostname=self.server.tls_name
+                )
+                try:
+                    await tls.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    return Reason.L6_INVALID, None, _error_text(exc)
+                if self.check.type == "tls":
+                    return Reason.L6_OK, None, None
+                stream = tls
+            self._phase = Reason.L7_TIMEOUT
+            return await self._http(stream)
+        finally:
+            # Closing the socket is enough for TLS too: like HAProxy, no close_notify for a check.
+            transport.close()
+
+    async def _resolve(self) -> tuple[int, object]:
+        """Where checks connect to: the server's own address unless the check overrides it."""
+        if self._target is not None:
+            return self._target
+        check, server = self.check, self.server
+        address = server.config.address
+        if check.address is None and check.port is None:
+            target = (server.family, server.sockaddr)
+        elif check.address is None:
+            if not isinstance(server.sockaddr, tuple):
+                raise OSError(f"a check port needs a check address for {address}")
+            target = (server.family, (server.sockaddr[0], check.port, *server.sockaddr[2:]))
+        else:
+            port = check.port if check.port is not None else address.port
+            if address.is_unix and check.port is None:
+                raise OSError(f"a check address needs a check port for {address}")
+            try:
+                infos = await trio.socket.getaddrinfo(check.address, port, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                raise OSError(f"cannot resolve {check.address!r}: {exc.strerror}") from None
+            family, _, _, _, sockaddr = infos[0]
+            target = (family, sockaddr)
+        self._target = target
+        return target
+
+    async def _http(self, stream: trio.abc.Stream) -> tuple[Reason, int | None, str | None]:
+        check = self.check
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_SIZE)
+        request = h11.Request(
+            method=check.method,
+            target=check.path,
+            headers=[
+                ("Host", self._host),
+                ("User-Agent", USER_AGENT),
+                ("Connection", "close"),
+            ],
+        )
+        await stream.send_all((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+        status: int | None = None
+        body = bytearray()
+        need_body = wants_body(check)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await _receive(stream)
+                if not data and status is None:
+                    return Reason.L7_INVALID, None, "connection closed without a response"
+                conn.receive_data(data)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                if not need_body:
+                    break
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) >= BODY_LIMIT:
+                    break
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                break
+            # (h11.InformationalResponse: 1xx, the real answer follows)
+        assert status is not None  # h11 yields Data / EndOfMessage only after the Response
+        reason, info = judge_http_response(
+            check, status, bytes(body[:BODY_LIMIT]), pattern=self._pattern
+        )
+        return reason, status, info
+
+
+async def _receive(stream: trio.abc.Stream) -> bytes:
+    return bytes(await stream.receive_some(RECEIVE_SIZE))
+
+
+def _error_text(exc: BaseException) -> str:
+    """The words of a stream error: the OS's or OpenSSL's (a failed verification's reason)."""
+    cause = exc.__cause__
+    if cause is None:
+        return str(exc)
+    verify = getattr(cause, "verify_message", None)
+    if verify:
+        return f"certificate verify failed: {verify}"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return str(cause) or type(cause).__name__
