@@ -168,7 +168,9 @@ class BackendRuntime:
         "cookie",
         "cookie_ids",
         "counters",
+        "has_backups",
         "hashes",
+        "limited",
         "name",
         "queue",
         "servers",
@@ -192,6 +194,9 @@ class BackendRuntime:
         self.counters = Counters()
         self.queue = RequestQueue(config.max_queue)
         self.cookie = config.cookie
+        self.has_backups = any(s.config.backup for s in servers)
+        #: some server has max_connections: picks must skip full servers
+        self.limited = any(s.config.max_connections is not None for s in servers)
         for server in servers:
             value = server.config.cookie_value or default_cookie_value(self.name, server.name)
             server.cookie_id = value.encode("ascii")
@@ -212,7 +217,15 @@ class BackendRuntime:
         (redispatch). Backup servers only when no regular server is usable: all of them with
         ``all_backups``, else the first. None when nothing is usable or everything is full."""
         servers = self.servers
-        if any(s.usable and not s.config.backup for s in servers):
+        if not self.has_backups and not tried:  # the common case, kept cheap
+            if self.limited:
+                index = self.algorithm.pick(lambda i: _room(servers[i]), key)
+            else:
+                index = self.algorithm.pick(lambda i: servers[i].usable, key)
+            return None if index is None else servers[index]
+        if not self.has_backups:
+            candidates = [True] * len(servers)
+        elif any(s.usable and not s.config.backup for s in servers):
             candidates = [not s.config.backup for s in servers]
         elif self.config.all_backups:
             candidates = [s.config.backup for s in servers]
