@@ -5,13 +5,14 @@ from __future__ import annotations
 import collections
 import socket
 import ssl
-from collections.abc import Container, Sequence
-from typing import overload
+import time
+from collections.abc import Callable, Container, Sequence
+from typing import Protocol, overload
 
 import trio
 
 from .config import BackendConfig, ServerConfig, UpstreamTLS
-from .core.balance import Algorithm, RequestKey, make_algorithm
+from .core.balance import Algorithm, RequestKey, make_algorithm, slow_start_weight
 from .core.sticky import StickTable, default_cookie_value
 from .errors import ConfigError
 from .net import connect
@@ -28,10 +29,13 @@ class ServerRuntime:
         "admin_state",
         "check_status",
         "config",
+        "consecutive_errors",
         "cookie_id",
         "counters",
+        "exchanges",
         "family",
         "index",
+        "mark_down",
         "name",
         "pool",
         "sockaddr",
@@ -70,6 +74,12 @@ class ServerRuntime:
         self.up = True
         #: the last check's outcome, for logs and statistics ("" before any check)
         self.check_status = ""
+        #: passive checks: errors of real traffic in a row
+        self.consecutive_errors = 0
+        #: set by the health checker: take the server DOWN now (passive checks), with a reason
+        self.mark_down: Callable[[str], None] | None = None
+        #: requests being relayed to this server, for ``on_marked_down = "shutdown-sessions"``
+        self.exchanges: set[Killable] = set()
 
     @property
     def usable(self) -> bool:
@@ -122,6 +132,11 @@ class ServerRuntime:
         )
 
 
+class Killable(Protocol):
+    def kill(self) -> None:
+        """Cut the request short: its server was marked DOWN."""
+
+
 class RequestQueue:
     """Requests waiting for a server slot, first come first served, bounded.
 
@@ -163,6 +178,9 @@ class BackendRuntime:
     requests waiting for a server with room."""
 
     __slots__ = (
+        "_ramps",
+        "_slow",
+        "_was_usable",
         "algorithm",
         "config",
         "cookie",
@@ -194,6 +212,10 @@ class BackendRuntime:
         self.counters = Counters()
         self.queue = RequestQueue(config.max_queue)
         self.cookie = config.cookie
+        #: slow start: servers that ramp up after coming back, their state last seen, ramps
+        self._slow = [s for s in servers if s.config.slow_start]
+        self._was_usable = [s.usable for s in servers]
+        self._ramps: dict[int, float] = {}
         self.has_backups = any(s.config.backup for s in servers)
         #: some server has max_connections: picks must skip full servers
         self.limited = any(s.config.max_connections is not None for s in servers)
@@ -217,6 +239,8 @@ class BackendRuntime:
         (redispatch). Backup servers only when no regular server is usable: all of them with
         ``all_backups``, else the first. None when nothing is usable or everything is full."""
         servers = self.servers
+        if self._slow:
+            self._slow_start(time.monotonic())
         if not self.has_backups and not tried:  # the common case, kept cheap
             if self.limited:
                 index = self.algorithm.pick(lambda i: _room(servers[i]), key)
@@ -243,6 +267,51 @@ class BackendRuntime:
                 lambda i: fresh(i) or (candidates[i] and i in tried and _room(servers[i])), key
             )
         return None if index is None else servers[index]
+
+    def _slow_start(self, now: float) -> None:
+        """Ramp the weight of servers that became usable again (checked at each pick: only
+        backends with ``slow_start`` servers pay for it)."""
+        was = self._was_usable
+        for server in self._slow:
+            usable = server.usable
+            if usable and not was[server.index]:
+                self._ramps[server.index] = now
+            was[server.index] = usable
+        for index, started in list(self._ramps.items()):
+            server = self.servers[index]
+            duration = server.config.slow_start
+            assert duration is not None
+            weight = slow_start_weight(server.weight, now - started, duration)
+            if weight >= server.weight:
+                del self._ramps[index]
+            self.algorithm.set_weight(index, weight)
+
+    def effective_weight(self, server: ServerRuntime) -> int:
+        """The weight the algorithm uses now (lower while slow-starting)."""
+        started = self._ramps.get(server.index)
+        if started is None or server.config.slow_start is None:
+            return server.weight
+        return slow_start_weight(
+            server.weight, time.monotonic() - started, server.config.slow_start
+        )
+
+    def observe(self, server: ServerRuntime, ok: bool, what: str) -> None:
+        """Passive checks (``observe``): an outcome of real traffic. ``error_limit`` errors in a
+        row take the server DOWN (its active checks bring it back)."""
+        if self.config.observe is None:
+            return
+        if ok:
+            server.consecutive_errors = 0
+            return
+        server.consecutive_errors += 1
+        limit = self.config.error_limit
+        if server.consecutive_errors < limit or not server.up or server.mark_down is None:
+            return
+        server.consecutive_errors = 0
+        server.mark_down(f"{limit} consecutive errors of real traffic, the last: {what}")
+        if self.config.on_marked_down == "shutdown-sessions":
+            for exchange in list(server.exchanges):
+                exchange.kill()
 
     def waits_for_a_slot(self) -> bool:
         """Some server could take the request but is full: wait in the queue (not 503)."""

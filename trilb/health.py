@@ -141,6 +141,7 @@ class ServerChecker:
         self._phase = Reason.L4_TIMEOUT
         self._last: CheckResult | None = None
         self._last_internal_error = ""
+        server.mark_down = self.force_down
 
     @property
     def name(self) -> str:
@@ -185,6 +186,22 @@ class ServerChecker:
             self.log.warning(message)
             if active + backup == 0:
                 self.log.error(no_server_message(self.backend.name))
+
+    def force_down(self, why: str) -> None:
+        """Passive checks saw too many errors: the server is DOWN now, and stays so until its
+        active checks have passed ``rise`` times (HAProxy's ``on-error mark-down``)."""
+        if not self.state.up:
+            return
+        self.state = HealthState(self.check.rise, self.check.fall, up=False)
+        self.server.up = False
+        active = sum(1 for s in self.backend.servers if s.usable and not s.config.backup)
+        backup = sum(1 for s in self.backend.servers if s.usable and s.config.backup)
+        self.log.warning(
+            f"server {self.name} is DOWN, reason: Health analyze, info: {why}. "
+            f"{active} active and {backup} backup servers left."
+        )
+        if active + backup == 0:
+            self.log.error(no_server_message(self.backend.name))
 
     def _log_progress(self, result: CheckResult) -> None:
         """A debug line when a check's outcome changes without changing the verdict (HAProxy's

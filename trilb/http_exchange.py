@@ -141,6 +141,7 @@ class Exchange:
         "fields",
         "info",
         "keep_client",
+        "killed",
         "parser",
         "phase",
         "record",
@@ -180,6 +181,7 @@ class Exchange:
         self.keep_client = parsed.info.keep_alive
         #: the server a stickiness cookie of the request names (its index), if any
         self.sticky_index: int | None = None
+        self.killed = False
 
     # -- choosing a server and retrying ---------------------------------------------------------
 
@@ -284,6 +286,7 @@ class Exchange:
             upstream, reused = await self._server_connection(server)
         except OSError as exc:
             server.counters.connect_errors += 1
+            backend.observe(server, False, f"connect failed: {exc or type(exc).__name__}")
             failures += 1
             session.log.warning(
                 f"backend {backend.name}/{server.name}: connect failed "
@@ -302,6 +305,7 @@ class Exchange:
             upstream.close()
             if failure.replayable and reused and replayable:
                 raise _Retry(failures, stale=True) from None
+            backend.observe(server, False, failure.reason)
             server.counters.count_response(failure.status)
             session.log.warning(
                 f"backend {backend.name}/{server.name}: {failure.reason}; answered {failure.status}"
@@ -337,6 +341,7 @@ class Exchange:
         record = self.record
         self.scope = trio.CancelScope()  # one per attempt: a scope can be entered only once
         self._deadline = math.inf
+        server.exchanges.add(self)
         try:
             with self.scope:
                 if self.request_done:
@@ -350,6 +355,7 @@ class Exchange:
             upstream.close()
             record.termination = exc.termination
             if isinstance(exc, ResponseBroken):
+                backend.observe(server, False, exc.reason)
                 session.log.warning(
                     f"{session.client_ip}:{session.client_port} {backend.name}/{server.name}: "
                     f"response cut short: {exc.reason}"
@@ -359,8 +365,12 @@ class Exchange:
             upstream.close()  # cancelled, or a failure the caller handles: never leak it
             raise
         finally:
+            server.exchanges.discard(self)
             record.srv_conn = counters.current_requests
             record.beconn = backend.counters.current_requests
+        status = record.status
+        failed = backend.config.observe == "layer7" and status >= 500 and status not in (501, 505)
+        backend.observe(server, not failed, f"status {status}")
         counters.count_response(record.status)
         backend.counters.count_response(record.status)
         if server_reusable and self.request_done:
@@ -370,8 +380,17 @@ class Exchange:
             upstream.close()
         return self.keep_client and self.request_done
 
+    def kill(self) -> None:
+        """Cut this request short: its server was marked DOWN (``shutdown-sessions``)."""
+        self.killed = True
+        self.scope.cancel()
+
     def _timed_out(self) -> Exception:
-        """The exception that a deadline of this request's scope stands for."""
+        """The exception that a deadline (or a kill) of this request's scope stands for."""
+        if self.killed:
+            if self.responded:
+                return ResponseBroken("KD", "cut: the server was marked DOWN")
+            return ServerFailed(503, "KH", "the server was marked DOWN")
         if self.phase == CLIENT_SEND:
             return ClientGone("cD")
         timeout = self.server_timeout

@@ -261,3 +261,72 @@ async def test_source_stickiness_keeps_a_client_address_on_one_server(
     moved = await served_by(proxy.url + "/", 3)
     assert len(set(moved)) == 1
     assert moved[0] != names[0]
+
+
+def checked(servers: list[tuple[Backend, dict[str, object]]], **backend: object) -> trilb.Config:
+    """A backend whose active checks pass but run rarely: only passive checks act in a test."""
+    check = trilb.HealthCheck(type="tcp", interval=60.0, timeout=1.0)
+    return config(servers, health_check=check, **backend)
+
+
+async def test_passive_layer7_errors_take_a_server_down(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    async def failing(request: BackendRequest) -> BackendResponse:
+        return BackendResponse(status=500, body=b'{"server": "a"}')
+
+    a = await start_backend(failing, name="a")
+    b = await start_backend(name="b")
+    proxy = await start_proxy(config=checked([(a, {}), (b, {})], observe="layer7", error_limit=3))
+    async with httpx.AsyncClient(trust_env=False) as http:
+        statuses = [(await http.get(proxy.url + "/")).status_code for _ in range(6)]
+        assert statuses == [500, 200, 500, 200, 500, 200]  # a's third error in a row: DOWN
+        assert [(await http.get(proxy.url + "/")).status_code for _ in range(4)] == [200] * 4
+    assert proxy.lb.statistics().backend("b").server("a").state == "DOWN"
+    assert any(
+        "server b/a is DOWN, reason: Health analyze, info: 3 consecutive errors" in m
+        for m in proxy.log.messages
+    )
+
+
+async def test_shutdown_sessions_cuts_requests_of_a_server_marked_down(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    async def app(request: BackendRequest) -> BackendResponse:
+        if request.target == "/slow":
+            await trio.sleep_forever()
+        return BackendResponse(status=503, body=b"overloaded")
+
+    a = await start_backend(app, name="a")
+    proxy = await start_proxy(
+        config=checked(
+            [(a, {})], observe="layer7", error_limit=2, on_marked_down="shutdown-sessions"
+        )
+    )
+    async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
+        slow: list[int] = []
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+
+                async def wait_slow() -> None:
+                    slow.append((await http.get(proxy.url + "/slow")).status_code)
+
+                nursery.start_soon(wait_slow)
+                await a.wait_heads(1)
+                assert (await http.get(proxy.url + "/x")).status_code == 503
+                assert (await http.get(proxy.url + "/x")).status_code == 503  # 2nd: DOWN
+        assert slow == [503]  # cut, answered by trilb since nothing had been sent yet
+    assert any("KH" in line for line in proxy.log.access_lines)
+
+
+async def test_slow_start_ramps_a_returning_server_up(
+    start_backend: StartBackend, start_proxy: StartProxy
+) -> None:
+    a, b = await start_backend(name="a"), await start_backend(name="b")
+    proxy = await start_proxy(config=config([(a, {"slow_start": 30.0}), (b, {})]))
+    proxy.lb.set_server_state("b", "a", "maint")
+    await served_by(proxy.url + "/", 2)  # the balancer sees a out
+    proxy.lb.set_server_state("b", "a", "ready")
+    names = await served_by(proxy.url + "/", 20)
+    assert names.count("a") <= 2  # weight ~1 of 100 at first, rising over 30 s
+    assert names.count("b") >= 18

@@ -69,7 +69,7 @@ _PLANNED = "not supported yet in trilb {}.{} (planned)".format(*__version__.spli
 _PLANNED_TOP = ("stats", "admin")
 _PLANNED_FRONTEND = ("accept_proxy", "rate_limit", "routes")
 _PLANNED_BACKEND: tuple[str, ...] = ()
-_PLANNED_SERVER = ("slow_start", "send_proxy")
+_PLANNED_SERVER = ("send_proxy",)
 
 
 # The model's own defaults, read from instances so the loader never restates them.
@@ -449,6 +449,10 @@ def _balance(value: object) -> str:
 _BALANCE = _balance
 _STICK_ON: tuple[Literal["source"], ...] = ("source",)
 _STICK = _choice(_STICK_ON)
+_OBSERVE_LAYERS: tuple[Literal["layer4", "layer7"], ...] = ("layer4", "layer7")
+_OBSERVE = _choice(_OBSERVE_LAYERS)
+_ON_MARKED_DOWN_ACTIONS: tuple[Literal["shutdown-sessions"], ...] = ("shutdown-sessions",)
+_ON_MARKED_DOWN = _choice(_ON_MARKED_DOWN_ACTIONS)
 _TIMEOUT_FIELDS = tuple(field.name for field in attrs.fields(Timeouts))
 
 
@@ -730,6 +734,9 @@ class _Loader:
             all_backups=table.get("all_backups", _bool, _BACKEND.all_backups),
             cookie=self.cookie(table) if "cookie" in table.data else None,
             stick=table.get("stick", _STICK, None),
+            observe=table.get("observe", _OBSERVE, None),
+            error_limit=table.get("error_limit", _int(1, 100_000), _BACKEND.error_limit),
+            on_marked_down=table.get("on_marked_down", _ON_MARKED_DOWN, None),
             stick_table=self.stick_table(table),
             max_queue=table.get("max_queue", _int(0), _BACKEND.max_queue),
         )
@@ -758,6 +765,7 @@ class _Loader:
             backup=table.get("backup", _bool, _SERVER.backup),
             max_connections=table.get("max_connections", _int(1), _SERVER.max_connections),
             cookie_value=table.get("cookie_value", _token, _SERVER.cookie_value),
+            slow_start=table.get("slow_start", _duration, _SERVER.slow_start),
         )
         table.finish()
         return result

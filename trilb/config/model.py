@@ -262,6 +262,8 @@ class ServerConfig:
     max_connections: int | None = None
     #: the server's id in stickiness cookies (None: an opaque hash of backend and server names)
     cookie_value: str | None = None
+    #: after it comes back (UP again, or ready after maint), its weight ramps up over this long
+    slow_start: float | None = None
 
 
 def _servers(value: Iterable[ServerConfig]) -> tuple[ServerConfig, ...]:
@@ -290,6 +292,13 @@ class BackendConfig:
     #: requests waiting for a server slot (max_connections) at most; beyond: 503
     max_queue: int = 1024
     cookie: CookieConfig | None = None
+    #: passive checks: count errors of real traffic per server, "layer4" (connections) or
+    #: "layer7" (also 5xx answers); ``error_limit`` in a row mark the server DOWN until its
+    #: active health checks bring it back (so they need ``health_check``)
+    observe: Literal["layer4", "layer7"] | None = None
+    error_limit: int = 10
+    #: "shutdown-sessions": when a server is marked DOWN, cut the requests it is serving
+    on_marked_down: Literal["shutdown-sessions"] | None = None
     #: "source": keep a client address on the server it first got (a bounded, expiring table)
     stick: Literal["source"] | None = None
     stick_table: StickTableConfig = StickTableConfig()
@@ -450,6 +459,14 @@ def reference_problems(config: Config) -> list[ConfigProblem]:
             )
     for backend in config.backends:
         path = f"backends.{backend.name}"
+        if backend.observe is not None and backend.health_check is None:
+            problems.append(
+                ConfigProblem(
+                    f"{path}.observe",
+                    "needs health_check: active checks bring a server back after passive "
+                    "checks took it out",
+                )
+            )
         if not backend.servers:
             problems.append(ConfigProblem(f"{path}.servers", "at least one server is required"))
         seen = set()

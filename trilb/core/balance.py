@@ -53,6 +53,7 @@ __all__ = [
     "RoundRobin",
     "StaticRoundRobin",
     "make_algorithm",
+    "slow_start_weight",
 ]
 
 Eligible = Callable[[int], bool]
@@ -362,3 +363,11 @@ def _key_extractor(name: str, uri_whole: bool) -> KeyExtractor:
 def _check_length(what: str, values: Sequence[object], weights: Sequence[int]) -> None:
     if len(values) != len(weights):
         raise ValueError(f"{len(values)} {what} for {len(weights)} servers")
+
+
+def slow_start_weight(weight: int, elapsed: float, duration: float) -> int:
+    """A server's effective weight ``elapsed`` seconds into its ``slow_start``: from 1 (so it
+    gets some traffic at once, as in HAProxy) up to its full weight, linearly."""
+    if weight <= 0 or elapsed >= duration:
+        return weight
+    return max(1, int(weight * max(0.0, elapsed) / duration))
