@@ -205,6 +205,20 @@ class _Table:
                 result.append((name, None))
         return result
 
+    def flag_or_table(self, key: str, shape: str) -> _Table | bool:
+        """``key = true | false | { ... }``: the flag (absent: False), or the table to read."""
+
+        def check(value: object) -> bool | Mapping[str, Any]:
+            if isinstance(value, bool | Mapping):
+                return value
+            raise ValueError(f"must be true, false or a table like {shape}, got {_show(value)}")
+
+        off: bool | Mapping[str, Any] = False
+        value = self.get(key, check, off)
+        if isinstance(value, bool):
+            return value
+        return _Table(value, self.key_path(key), self.problems)
+
     def finish(self) -> None:
         """Report every key no getter asked for."""
         for key in self.data:
@@ -335,12 +349,6 @@ def _server_address(value: object) -> Address:
     return address
 
 
-def _bool_or_table(value: object) -> bool | Mapping[str, Any]:
-    if isinstance(value, bool | Mapping):
-        return value
-    raise ValueError(f"must be true, false or a table like {{ port = 8443 }}, got {_show(value)}")
-
-
 def _seconds(value: object) -> int:
     """A number of seconds, or a duration string ("1h")."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -397,15 +405,6 @@ def _redirect_code(value: object) -> int:
         raise ValueError(f"must be one of {codes}, got {_show(value)}")
     assert isinstance(value, int)
     return value
-
-
-def _bool_or_table_tls(value: object) -> bool | Mapping[str, Any]:
-    if isinstance(value, bool | Mapping):
-        return value
-    raise ValueError(
-        'must be true, false or a table like { verify = true, ca = "ca.pem" }, '
-        f"got {_show(value)}"
-    )
 
 
 def _token(value: object) -> str:
@@ -673,13 +672,9 @@ class _Loader:
 
     def redirect_https(self, table: _Table) -> RedirectHTTPS | None:
         """``redirect_https = true`` or ``{ port = 8443, code = 301 }``."""
-        off: bool | Mapping[str, Any] = False
-        value = table.get("redirect_https", _bool_or_table, off)
-        if value is False:
-            return None
-        if value is True:
-            return RedirectHTTPS()
-        sub = _Table(value, table.key_path("redirect_https"), self.problems)
+        sub = table.flag_or_table("redirect_https", "{ port = 8443 }")
+        if isinstance(sub, bool):
+            return RedirectHTTPS() if sub else None
         result = RedirectHTTPS(
             port=sub.get("port", _int(1, 65535), None),
             code=sub.get("code", _redirect_code, None),
@@ -689,13 +684,9 @@ class _Loader:
 
     def upstream_tls(self, table: _Table) -> UpstreamTLS | None:
         """A server's ``tls = true`` or ``{ verify = true, ca = "...", sni = "..." }``."""
-        off: bool | Mapping[str, Any] = False
-        value = table.get("tls", _bool_or_table_tls, off)
-        if value is False:
-            return None
-        if value is True:
-            return UpstreamTLS()
-        sub = _Table(value, table.key_path("tls"), self.problems)
+        sub = table.flag_or_table("tls", '{ verify = true, ca = "ca.pem" }')
+        if isinstance(sub, bool):
+            return UpstreamTLS() if sub else None
         result = UpstreamTLS(
             verify=sub.get("verify", _bool, True),
             ca=sub.get("ca", lambda v: self.resolve(_str(v)), None),
