@@ -13,6 +13,7 @@ import trio
 
 from .config import BackendConfig, ServerConfig, UpstreamTLS
 from .core.balance import Algorithm, RequestKey, make_algorithm, slow_start_weight
+from .core.rewrite import CompiledHeaderRule
 from .core.sticky import StickTable, default_cookie_value
 from .errors import ConfigError
 from .net import connect
@@ -191,6 +192,8 @@ class BackendRuntime:
         "limited",
         "name",
         "queue",
+        "request_rules",
+        "response_rules",
         "servers",
         "stick_table",
     )
@@ -212,6 +215,9 @@ class BackendRuntime:
         self.counters = Counters()
         self.queue = RequestQueue(config.max_queue)
         self.cookie = config.cookie
+        #: header rules, compiled when the balancer starts (see trilb.rules)
+        self.request_rules: tuple[CompiledHeaderRule, ...] = ()
+        self.response_rules: tuple[CompiledHeaderRule, ...] = ()
         #: slow start: servers that ramp up after coming back, their state last seen, ramps
         self._slow = [s for s in servers if s.config.slow_start]
         self._was_usable = [s.usable for s in servers]

@@ -22,6 +22,7 @@ from .errors import ConfigError, ConfigProblem
 from .frontend import ConnectionSlots, FrontendRuntime, open_listeners
 from .health import start_health_checks
 from .logsink import LogSink
+from .rules import compile_rules
 from .stats import Statistics
 from .tls import ServerTLS, describe, load_server_tls
 
@@ -166,23 +167,31 @@ async def _prepare(config: Config, log: LogSink | None) -> Balancer:
         backends[backend_config.name] = await resolve_backend(backend_config)
     # Connections beyond the global cap wait in the kernel's listen backlog.
     slots = ConnectionSlots(config.global_.max_connections)
-    # Certificates are read and checked before any port opens: a bad one stops the start.
+    # Certificates and rules are checked before any port opens: a bad one stops the start.
     server_tls = load_frontend_tls(config)
+    rules = compile_rules(config)
+    for name, backend_rules in rules.backends.items():
+        backends[name].request_rules = backend_rules.request
+        backends[name].response_rules = backend_rules.response
     frontends: list[FrontendRuntime] = []
     try:
         for fe_config in config.frontends:
             listeners = open_listeners(fe_config)
             backend = fe_config.default_backend
-            frontends.append(
-                FrontendRuntime(
-                    fe_config,
-                    backends[backend] if backend is not None else None,
-                    listeners,
-                    log,
-                    slots,
-                    server_tls.get(fe_config.name),
-                )
+            runtime = FrontendRuntime(
+                fe_config,
+                backends[backend] if backend is not None else None,
+                listeners,
+                log,
+                slots,
+                server_tls.get(fe_config.name),
             )
+            fe_rules = rules.frontends[fe_config.name]
+            runtime.backends = backends
+            runtime.routes = fe_rules.routes
+            runtime.request_rules = fe_rules.request
+            runtime.response_rules = fe_rules.response
+            frontends.append(runtime)
     except BaseException:
         for fe in frontends:
             for listener in fe.listeners:

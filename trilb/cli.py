@@ -20,6 +20,7 @@ from .balancer import Balancer, load_frontend_tls, serve
 from .config import Config, load_config
 from .errors import ConfigError, TrilbError
 from .logsink import NORMAL, QUIET, VERBOSE, LogSink
+from .rules import compile_rules
 
 __all__ = ["main"]
 
@@ -145,6 +146,7 @@ def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException |
 def _check(path: str) -> int:
     config = load_config(path)
     load_frontend_tls(config)  # certificate files are part of the configuration
+    compile_rules(config)  # and so are the routes' regular expressions and address ranges
     print(f"{path}: configuration is valid ({_summary(config)})")
     return EXIT_OK
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from .config import Address, FrontendConfig
+from .core.http1 import response_head
+from .core.responses import error_body, raw_error_response
 from .errors import StartupError
 from .http_proxy import ClientSession
 from .net import TCPListener, TCPStream, bind_tcp, bind_unix
@@ -17,6 +19,8 @@ from .tls import HandshakeFailed, HandshakeRecord, ServerTLS, server_handshake
 
 if TYPE_CHECKING:
     from .backend import BackendRuntime
+    from .core.rewrite import CompiledHeaderRule
+    from .core.routing import CompiledRoutes
     from .logsink import LogSink
 
 __all__ = ["FrontendRuntime", "open_listeners"]
@@ -67,6 +71,11 @@ class FrontendRuntime:
         self.tls = tls
         self.name = config.name
         self.backend = backend  # None for a frontend that only redirects to HTTPS
+        #: every backend by name (for routes), the compiled routes and header rules
+        self.backends: dict[str, BackendRuntime] = {}
+        self.routes: CompiledRoutes | None = None
+        self.request_rules: tuple[CompiledHeaderRule, ...] = ()
+        self.response_rules: tuple[CompiledHeaderRule, ...] = ()
         #: the HTTPS port that ``redirect_https`` sends clients to (set once all frontends bound)
         self.redirect_port: int | None = None
         self.listeners = listeners
@@ -78,10 +87,35 @@ class FrontendRuntime:
         self.connections_done = trio.Event()
         self._slots = slots  # shared by every frontend of the balancer
         self._addresses = tuple(_listener_address(listener) for listener in listeners)
+        #: status -> page, read once at start from ``error_pages``
+        self.error_pages: dict[int, bytes] = {}
+        for status, path in config.error_pages.items():
+            with open(path, "rb") as file:
+                self.error_pages[status] = file.read()
         first = self._addresses[0] if self._addresses else None
         #: stands in for a missing Host header in redirects
         self._local_host = first.host if first is not None and first.host else "localhost"
         self._next_id = 0
+
+    def error_page(self, status: int) -> bytes:
+        """The body of an error answer: the frontend's ``error_pages`` file, else trilb's own."""
+        page = self.error_pages.get(status)
+        return page if page is not None else error_body(status)
+
+    def page_headers(self, status: int, length: int) -> list[tuple[bytes, bytes]]:
+        headers = [(b"Content-Length", str(length).encode("ascii"))]
+        if length:
+            headers.insert(0, (b"Content-Type", b"text/html; charset=utf-8"))
+            headers.append((b"Cache-Control", b"no-cache"))
+        return headers
+
+    def closing_error_response(self, status: int) -> bytes:
+        """A whole error response that closes the connection (nothing else can be trusted)."""
+        if status not in self.error_pages:
+            return raw_error_response(status)
+        body = self.error_pages[status]
+        headers = [*self.page_headers(status, len(body)), (b"Connection", b"close")]
+        return response_head(status, b"", headers) + body
 
     @property
     def active_connections(self) -> int:
@@ -133,9 +167,16 @@ class FrontendRuntime:
                 return
             handshake = await self._handshake(stream, self.tls, peer)
             if handshake is not None:
-                client, subject = handshake
+                client, subject, sni = handshake
                 await ClientSession(
-                    client, self, peer, local_port, self._local_host, tls=True, client_cert=subject
+                    client,
+                    self,
+                    peer,
+                    local_port,
+                    self._local_host,
+                    tls=True,
+                    client_cert=subject,
+                    sni=sni,
                 ).run()
         except Exception as exc:  # noqa: BLE001 - the error boundary of one connection
             self.log.error(f"frontend {self.name} connection #{conn_id}: internal error: {exc!r}")
@@ -150,13 +191,15 @@ class FrontendRuntime:
 
     async def _handshake(
         self, stream: TCPStream, tls: ServerTLS, peer: tuple[str, int]
-    ) -> tuple[trio.SSLStream[trio.abc.Stream], str | None] | None:
-        """TLS for a new connection within ``timeout_handshake``; None (logged, closed) if not."""
+    ) -> tuple[trio.SSLStream[trio.abc.Stream], str | None, str | None] | None:
+        """TLS for a new connection within ``timeout_handshake``: the stream, the verified client
+        certificate's subject and the server name asked for; None (logged, closed) if not."""
         record = HandshakeRecord()
         timeout = self.config.timeouts.handshake
         try:
             with trio.move_on_after(timeout):
-                return await server_handshake(stream, tls, record)
+                client, subject = await server_handshake(stream, tls, record)
+                return client, subject, record.server_name
             raise HandshakeFailed(f"no handshake within {timeout:g}s", record.server_name)
         except HandshakeFailed as failure:
             stream.close()

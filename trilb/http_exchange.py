@@ -9,6 +9,13 @@ Timeouts: a request without a body runs under one cancel scope whose deadline mo
 and ``self.phase`` records whose turn it was, so that a deadline is turned into the right answer
 (504 before the response started, a cut connection after). Creating a cancel scope per read costs
 more than the read on this path, hence the one moving deadline.
+
+Protocol switches (WebSocket): a bodiless HTTP/1.1 request that offers ``Upgrade`` (see
+:func:`trilb.core.headers.upgrade_offer`) is sent on with the offer, and its response is parsed by
+an h11 connection primed with an offer too, so that h11 accepts a ``101`` and stops parsing
+(``SWITCHED_PROTOCOL``). The 101 goes to the client, and both connections become a
+:class:`trilb.tunnel.Tunnel` under ``timeout_tunnel``; neither is used for HTTP again. Any other
+answer is an ordinary response.
 """
 
 from __future__ import annotations
@@ -22,7 +29,11 @@ import trio
 
 from .core.accesslog import RequestLog, millis
 from .core.balance import RequestKey
-from .core.headers import request_headers_for_server, response_headers_for_client
+from .core.headers import (
+    request_headers_for_server,
+    response_headers_for_client,
+    upgrade_offer,
+)
 from .core.http1 import (
     LAST_CHUNK,
     Framing,
@@ -33,9 +44,11 @@ from .core.http1 import (
     request_head,
     response_head,
 )
-from .core.responses import error_body, error_headers
+from .core.rewrite import Variables, apply_header_rules, take_request_id, variables_for
+from .core.routing import RequestView
 from .core.sticky import request_cookie, response_cookies
 from .pool import ServerConnection
+from .tunnel import Tunnel
 
 if TYPE_CHECKING:
     from .backend import BackendRuntime, ServerRuntime
@@ -58,6 +71,8 @@ _PRIMERS = {
     m: h11.Request(method=m, target=b"/", headers=_PRIMER_HEADERS)
     for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE")
 }
+#: a primer for a request that offers a protocol switch: h11 accepts a 101 only after an offer
+_UPGRADE_PRIMER_HEADERS = [*_PRIMER_HEADERS, (b"Connection", b"upgrade"), (b"Upgrade", b"tunnel")]
 _CHUNKED_HEADER = (b"Transfer-Encoding", b"chunked")
 _CLOSE_HEADER = (b"Connection", b"close")
 _KEEP_ALIVE_HEADER = (b"Connection", b"keep-alive")
@@ -69,13 +84,17 @@ DEADLINE_SLACK = 0.02
 SERVER_TURN, SERVER_BODY, CLIENT_SEND = "server", "server-body", "client-send"
 
 
-def _response_parser(method: bytes) -> h11.Connection:
+def _response_parser(method: bytes, *, upgrade: bool = False) -> h11.Connection:
     """An h11 client connection primed as if it had sent a request with ``method``: h11 then
-    parses the response with the right framing rules (a HEAD response has no body)."""
+    parses the response with the right framing rules (a HEAD response has no body). With
+    ``upgrade`` the primer offers a protocol switch, so that a 101 is accepted."""
     parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
-    primer = _PRIMERS.get(method) or h11.Request(
-        method=method, target=b"/", headers=_PRIMER_HEADERS
-    )
+    if upgrade:
+        primer = h11.Request(method=method, target=b"/", headers=_UPGRADE_PRIMER_HEADERS)
+    else:
+        primer = _PRIMERS.get(method) or h11.Request(
+            method=method, target=b"/", headers=_PRIMER_HEADERS
+        )
     parser.send(primer)
     parser.send(_EOM)
     return parser
@@ -153,6 +172,9 @@ class Exchange:
         "session",
         "started",
         "sticky_index",
+        "upgrade",
+        "variables",
+        "view",
     )
 
     def __init__(
@@ -161,9 +183,12 @@ class Exchange:
         backend: BackendRuntime,
         parsed: ParsedRequest,
         record: RequestLog,
+        view: RequestView | None = None,
     ) -> None:
         self.session = session
         self.backend = backend
+        self.view = view  # what routing saw; made on demand for header rule variables
+        self.variables: Variables | None = None
         self.server_timeout = backend.config.timeouts.server
         self.parser = parsed.parser
         self.request = parsed.request
@@ -182,6 +207,7 @@ class Exchange:
         #: the server a stickiness cookie of the request names (its index), if any
         self.sticky_index: int | None = None
         self.killed = False
+        self.upgrade = False  # the request offers the server a protocol switch
 
     # -- choosing a server and retrying ---------------------------------------------------------
 
@@ -204,14 +230,23 @@ class Exchange:
         stick_table = backend.stick_table
         if stick_table is not None and self.sticky_index is None:
             self.sticky_index = stick_table.lookup(session.client_ip, time.monotonic())
+        # Only a bodiless HTTP/1.1 request may switch protocols (RFC 9110 section 7.8 for 1.0;
+        # trilb's own rule for bodies, so that the tunnel starts right after the head).
+        offer = None
+        if self.request_done and request.http_version == b"1.1":
+            offer = upgrade_offer(fields)
+            self.upgrade = offer is not None
         headers = request_headers_for_server(
-            fields, chunked=self.chunked, forwarded=session.forwarded
+            fields, chunked=self.chunked, forwarded=session.forwarded, upgrade=offer
         )
         if session.cert_header is not None:
             lower, name, subject = session.cert_header
             headers = [h for h in headers if h[0].lower() != lower]
             if subject is not None:
                 headers.append((name, subject))
+        fe = session.frontend
+        if fe.config.unique_id or fe.request_rules or backend.request_rules:
+            headers = self._rewrite_request(headers)
         # The request goes out as HTTP/1.1, which requires Host; an HTTP/1.0 client may have sent
         # none. Then, as nginx does, the server's own address is named (per attempt, below).
         has_host = self.info.has_host
@@ -257,6 +292,30 @@ class Exchange:
                 continue
             finally:
                 backend.release_slot(server)
+
+    def _rewrite_request(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The request id and the frontend's, then the backend's, header rules (applied after
+        the hop-by-hop clean-up, so what a rule sets stays)."""
+        session = self.session
+        fe = session.frontend
+        config = fe.config
+        request_id = b""
+        if config.unique_id:
+            request_id, headers = take_request_id(
+                headers, name=config.unique_id_header.encode(), trust=config.trust_request_id
+            )
+            self.record.request_id = request_id.decode("ascii", "replace")
+        view = self.view or RequestView(
+            method=self.request.method,
+            target=self.request.target,
+            headers=self.fields,
+            client_ip=session.client_ip,
+            sni=session.sni,
+            client_cert=session.client_cert is not None,
+        )
+        self.variables = variables_for(view, tls=session.tls, unique_id=request_id)
+        headers = apply_header_rules(fe.request_rules, headers, self.variables)
+        return apply_header_rules(self.backend.request_rules, headers, self.variables)
 
     def _key(self) -> RequestKey | None:
         """What a hashing algorithm looks at; only built for those."""
@@ -505,7 +564,7 @@ class Exchange:
         session = self.session
         request = self.request
         record = self.record
-        parser = _response_parser(request.method)
+        parser = _response_parser(request.method, upgrade=self.upgrade)
         got_bytes = False
         while True:
             try:
@@ -521,6 +580,8 @@ class Exchange:
                 got_bytes = got_bytes or bool(data)
                 parser.receive_data(data)
             elif isinstance(event, h11.InformationalResponse):
+                if parser.their_state is h11.SWITCHED_PROTOCOL:  # a 101 to our offer
+                    return await self._switch_protocols(upstream, server, parser, event)
                 if request.http_version == b"1.1":  # 1xx must not go to HTTP/1.0 clients
                     await self._send_client(
                         response_head(event.status_code, event.reason, event.headers.raw_items())
@@ -536,6 +597,13 @@ class Exchange:
         framing, length = body_framing(request.method, event.status_code, info)
         server_keeps_alive = info.keep_alive
         headers = response_headers_for_client(fields)
+        if self.backend.response_rules or session.frontend.response_rules:
+            variables = self.variables or variables_for(
+                self.view or RequestView(method=request.method, target=request.target),
+                tls=session.tls,
+            )
+            headers = apply_header_rules(self.backend.response_rules, headers, variables)
+            headers = apply_header_rules(session.frontend.response_rules, headers, variables)
         cookie = self.backend.cookie
         if cookie is not None:
             had_it = self.sticky_index == server.index
@@ -568,6 +636,71 @@ class Exchange:
         return (
             await self._relay_parsed(upstream, server, parser, out, to_chunk) and server_keeps_alive
         )
+
+    async def _switch_protocols(
+        self,
+        upstream: ServerConnection,
+        server: ServerRuntime,
+        parser: h11.Connection,
+        event: h11.InformationalResponse,
+    ) -> bool:
+        """The server switched protocols: relay its 101, then bytes both ways until both sides
+        have closed (:class:`~trilb.tunnel.Tunnel`). Returns False: a switched server connection
+        is never reused, and the client connection ends with the tunnel.
+
+        Timeouts: ``timeout_tunnel`` of the frontend for the client side and of the backend for
+        the server side; the tunnel ends when neither side has moved a byte for the smaller one.
+        """
+        session = self.session
+        record = self.record
+        record.t_response = millis(self.started, time.monotonic())
+        record.status = event.status_code
+        self.keep_client = False
+        headers = response_headers_for_client(event.headers.raw_items(), upgrade=True)
+        cookie = self.backend.cookie
+        if cookie is not None:
+            had_it = self.sticky_index == server.index
+            headers = response_cookies(cookie, headers, server.cookie_id, request_had_it=had_it)
+        if session.hsts is not None:
+            headers.append(session.hsts)
+        self.responded = True
+        # What the server sent after its 101 head already belongs to the new protocol.
+        out = response_head(event.status_code, event.reason, headers) + parser.trailing_data[0]
+        await self._send_client(out)
+        # The tunnel keeps its own time; from here on this scope only serves kill().
+        self._deadline = self.scope.deadline = math.inf
+        first = bytes(session.buffer)  # what the client sent after its request head
+        session.buffer.clear()
+        fe_counters = session.frontend.counters
+        counters = server.counters
+        counters.bytes_out += len(first)  # (counted in when the client sent them)
+
+        def from_client(size: int) -> None:
+            fe_counters.bytes_in += size
+            counters.bytes_out += size
+
+        def from_server(size: int) -> None:
+            counters.bytes_in += size
+            fe_counters.bytes_out += size
+            record.bytes_out += size
+
+        tunnel = Tunnel(
+            session.stream,
+            upstream.stream,
+            client_timeout=session.timeouts.tunnel,
+            server_timeout=self.backend.config.timeouts.tunnel,
+            from_client=from_client,
+            from_server=from_server,
+        )
+        try:
+            record.termination = await tunnel.run(to_server=first)
+        except BaseException:
+            # Cut from outside: a drain's hard stop or kill() (or a bug, which the connection's
+            # error boundary logs); the caller closes the server connection, the session the
+            # client's.
+            record.termination = "KD"
+            raise
+        return False
 
     async def _relay_length(
         self,
@@ -681,10 +814,13 @@ class Exchange:
                 f"{session.client_ip}:{session.client_port} frontend {session.frontend.name} "
                 f"backend {record.backend}: {reason}; answered {status}"
             )
-        keep = self.keep_client and self.request_done and not session.frontend.draining
-        data = response_head(status, b"", error_headers(status, close=not keep)) + error_body(
-            status
-        )
+        fe = session.frontend
+        keep = self.keep_client and self.request_done and not fe.draining
+        body = fe.error_page(status)
+        headers = fe.page_headers(status, len(body))
+        if not keep:
+            headers.append((b"Connection", b"close"))
+        data = response_head(status, b"", headers) + body
         self.backend.counters.count_response(status)
         with trio.move_on_after(session.timeouts.client) as scope:
             try:

@@ -36,7 +36,7 @@ from .core.framing import (
 from .core.headers import Forwarded
 from .core.http1 import inspect_head, response_head
 from .core.redirect import https_location, redirect_status
-from .core.responses import raw_error_response
+from .core.routing import RequestView, redirect_location
 from .http_exchange import RECEIVE_SIZE, ClientGone, Exchange, ParsedRequest
 from .net import TCPStream
 
@@ -77,6 +77,7 @@ class ClientSession:
     __slots__ = (
         "buffer",
         "cert_header",
+        "client_cert",
         "client_ip",
         "client_port",
         "forwarded",
@@ -86,6 +87,7 @@ class ClientSession:
         "local_host",
         "local_port",
         "log",
+        "sni",
         "stream",
         "timeouts",
         "tls",
@@ -101,11 +103,15 @@ class ClientSession:
         *,
         tls: bool = False,
         client_cert: str | None = None,
+        sni: str | None = None,
     ) -> None:
         self.stream = stream
         self.frontend = frontend
         self.client_ip, self.client_port = peer
         self.local_port = local_port
+        #: what content switching may look at: the TLS server name, a verified client cert
+        self.sni = sni
+        self.client_cert = client_cert
         self.local_host = local_host
         self.tls = tls
         self.timeouts = frontend.config.timeouts
@@ -164,10 +170,7 @@ class ClientSession:
         fe.counters.total_requests += 1
         fe.counters.current_requests += 1
         try:
-            if fe.backend is None:  # a frontend that only redirects to HTTPS
-                keep = await self._redirect_https(parsed, record)
-            else:
-                keep = await Exchange(self, fe.backend, parsed, record).run()
+            keep = await self._dispatch(parsed, record)
         finally:
             fe.counters.current_requests -= 1
             record.t_active = millis(started, time.monotonic())
@@ -176,6 +179,39 @@ class ClientSession:
             fe.counters.count_response(record.status)
             self.log.access(record)
         return keep and not fe.draining
+
+    async def _dispatch(self, parsed: ParsedRequest, record: RequestLog) -> bool:
+        """Route the request (content switching) and relay or answer it."""
+        fe = self.frontend
+        if fe.config.redirect_https is not None:
+            return await self._redirect_https(parsed, record)
+        backend = fe.backend
+        view = None
+        if fe.routes is not None:
+            request = parsed.request
+            view = RequestView(
+                method=request.method,
+                target=request.target,
+                headers=parsed.fields,
+                client_ip=self.client_ip,
+                sni=self.sni,
+                client_cert=self.client_cert is not None,
+            )
+            decision = fe.routes.select(view)
+            if decision.route is not None:
+                record.route = decision.route.name
+            if decision.deny is not None:
+                return await self.answer_locally(
+                    parsed, record, decision.deny, [], page=True, termination="PR"
+                )
+            if decision.redirect is not None:
+                location = redirect_location(decision.redirect, view, tls=self.tls)
+                headers = [(b"Location", location)]
+                return await self.answer_locally(parsed, record, decision.redirect.code, headers)
+            backend = fe.backends[decision.backend] if decision.backend is not None else None
+        if backend is None:  # no route matched and there is no default_backend
+            return await self.answer_locally(parsed, record, 503, [], page=True, termination="SC")
+        return await Exchange(self, backend, parsed, record, view).run()
 
     async def _redirect_https(self, parsed: ParsedRequest, record: RequestLog) -> bool:
         """Answer with a redirect to the same URL over HTTPS (``redirect_https``)."""
@@ -187,15 +223,32 @@ class ClientSession:
         host = next((v for n, v in parsed.fields if n.lower() == b"host"), None)
         location = https_location(host, request.target, fe.redirect_port, self.local_host)
         status = redirect_status(request.method, redirect.code)
+        return await self.answer_locally(parsed, record, status, [(b"Location", location)])
+
+    async def answer_locally(
+        self,
+        parsed: ParsedRequest,
+        record: RequestLog,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        page: bool = False,
+        termination: str = "LR",
+    ) -> bool:
+        """Answer a request without any server (a redirect, a deny): trilb's page (or the
+        frontend's own ``error_pages``) when ``page``, else no body. The connection goes on when
+        the request had no body left unread."""
+        fe = self.frontend
         body_unread = parsed.info.chunked or parsed.info.length > 0
         keep = parsed.info.keep_alive and not body_unread and not fe.draining
-        headers = [(b"Location", location), (b"Content-Length", b"0")]
+        body = fe.error_page(status) if page else b""
+        headers = [*headers, *fe.page_headers(status, len(body) if page else 0)]
         if not keep:
             headers.append((b"Connection", b"close"))
-        data = response_head(status, b"", headers)
+        data = response_head(status, b"", headers) + body
         record.backend = fe.name
         record.status = status
-        record.termination = "LR"  # answered locally, at the request
+        record.termination = termination  # "LR": answered locally, at the request
         with trio.move_on_after(self.timeouts.client) as scope:
             await self.send_client(data)
             record.bytes_out = len(data)
@@ -316,7 +369,7 @@ class ClientSession:
             f"{self.client_ip}:{self.client_port} frontend {self.frontend.name}: "
             f"refused request with {problem.status}: {problem.reason}"
         )
-        response = raw_error_response(problem.status)
+        response = self.frontend.closing_error_response(problem.status)
         record.bytes_out = len(response)
         fe = self.frontend
         fe.counters.count_response(problem.status)

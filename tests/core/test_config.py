@@ -323,7 +323,20 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("tls-ciphersuites", web(tls={"certificates": "a.pem", "ciphersuites": "TLS_AES_128_GCM_SHA256"}), "frontends.web.tls.ciphersuites", "no API for TLS 1.3 cipher suites"),
     ("tls-typo", web(tls={"certificates": "a.pem", "min_verison": "1.2"}), "frontends.web.tls.min_verison", "unknown key (did you mean 'min_version'?)"),
     ("frontend-handshake-timeout", web(timeout_handshake="soon"), "frontends.web.timeout_handshake", 'got "soon"'),
-    ("routes", web(routes=[{"backend": "app"}]), "frontends.web.routes", PLANNED),
+    ("routes-type", web(routes={"backend": "app"}), "frontends.web.routes", "must be an array of tables ([[frontends.NAME.routes]])"),
+    ("route-no-action", web(routes=[{"path_prefix": "/a"}]), "frontends.web.routes[0]", "needs exactly one action: backend, deny or redirect"),
+    ("route-two-actions", web(routes=[{"backend": "app", "deny": 403}]), "frontends.web.routes[0]", "(has backend, deny)"),
+    ("route-deny-status", web(routes=[{"deny": 200}]), "frontends.web.routes[0].deny", "must be an integer 400-499, got 200"),
+    ("route-matcher-type", web(routes=[{"backend": "app", "path_prefix": 5}]), "frontends.web.routes[0].path_prefix", "must be a string or an array of strings"),
+    ("route-typo", web(routes=[{"backend": "app", "path_prefx": "/a"}]), "frontends.web.routes[0].path_prefx", "unknown key (did you mean 'path_prefix'?)"),
+    ("route-header-two", web(routes=[{"backend": "app", "header": {"name": "X", "value": "a", "regex": "b"}}]), "frontends.web.routes[0].header[0]", "give one of value, regex or present, not value and regex"),
+    ("route-redirect-none", web(routes=[{"redirect": {"code": 301}}]), "frontends.web.routes[0].redirect", "needs exactly one of location, prefix or scheme"),
+    ("route-redirect-code", web(routes=[{"redirect": {"location": "/x", "code": 200}}]), "frontends.web.routes[0].redirect.code", "must be one of 301, 302, 303, 307, 308, got 200"),
+    ("route-not-typo", web(routes=[{"backend": "app", "not": {"hots": "a"}}]), "frontends.web.routes[0].not.hots", "unknown key (did you mean 'host'?)"),
+    ("header-rule-shape", web(request_headers=[{"set": "X-A"}]), "frontends.web.request_headers[0].set", 'must be ["Name", "value"], got "X-A"'),
+    ("header-rule-action", web(request_headers=[{"upsert": ["X-A", "1"]}]), "frontends.web.request_headers[0]", "must be one of { set = ... }"),
+    ("error-page-status", web(error_pages={"200": "x.html"}), "frontends.web.error_pages.200", "the key must be a status code 400-599"),
+    ("error-page-missing", web(error_pages={"503": "/nonexistent/503.html"}), "frontends.web.error_pages.503", "cannot read /nonexistent/503.html"),
     # [backends.NAME]
     ("balance-typo", app(balance="roundrobbin"), "backends.app.balance", 'got "roundrobbin" (did you mean \'roundrobin\'?)'),
     ("balance-unknown", app(balance="weighted"), "backends.app.balance", 'must be one of "roundrobin", "static-rr", "leastconn", "first", "source", "uri", "random", "url_param:NAME", "header:NAME", got "weighted"'),
@@ -413,7 +426,7 @@ def test_every_problem_is_reported_together() -> None:
     [frontends.web]
     bind = ["*:80", "nonsense"]
     default_backend = "wordpres"
-    routes = []
+    accept_proxy = true
     [backends.wordpress]
     servers = [
       { name = "wp1", address = "10.0.0.11:80", weight = 100 },
@@ -427,7 +440,7 @@ def test_every_problem_is_reported_together() -> None:
         'got "auto"',
         "defaults.timeout_conect: unknown key (did you mean 'timeout_connect'?)",
         'frontends.web.bind[1]: must be "host:port", got "nonsense" (no port)',
-        f"frontends.web.routes: {PLANNED}",
+        f"frontends.web.accept_proxy: {PLANNED}",
         'backends.wordpress.servers[1].weight: must be an integer 0-256, got "heavy"',
         "frontends.web.default_backend: no backend named 'wordpres' (did you mean 'wordpress'?)",
         "backends.wordpress.servers[1].name: 'wp1' is used twice",
@@ -708,3 +721,84 @@ def test_stickiness_and_queue_keys_load() -> None:
     assert backend.servers[0].max_connections == 3
     assert backend.servers[0].cookie_value == "x1"
     assert backend.servers[1].backup
+
+
+def test_routes_and_header_rules_load(tmp_path: Path) -> None:
+    (tmp_path / "503.html").write_text("<h1>back soon</h1>")
+    path = tmp_path / "trilb.toml"
+    path.write_text(
+        """
+        [frontends.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+        unique_id = true
+        error_pages = { 503 = "503.html" }
+        request_headers = [{ set = ["X-Src", "%[src]"] }, { delete = "X-Debug" }]
+        response_headers = [{ replace = ["Server", "nginx.*", "web"] }]
+        [[frontends.web.routes]]
+        name = "admin"
+        backend = "admin"
+        path_prefix = ["/wp-admin", "/wp-login.php"]
+        header = { name = "X-Internal", present = true }
+        cookie = ["session", { name = "role", value = "admin" }]
+        not = { src = "10.0.0.0/8" }
+        [[frontends.web.routes]]
+        deny = 403
+        method = "TRACE"
+        [[frontends.web.routes]]
+        redirect = { prefix = "https://www.example.com", code = 301, drop_query = true }
+        host = "example.com"
+        [backends.app]
+        servers = [{ name = "a", address = "127.0.0.1:9000" }]
+        [backends.admin]
+        servers = [{ name = "b", address = "127.0.0.1:9001" }]
+        request_headers = [{ add = ["X-Admin", "1"] }]
+        """
+    )
+    config = load_config(path)
+    web = config.frontend("web")
+    admin, deny, redirect = web.routes
+    assert admin.name == "admin"
+    assert admin.backend == "admin"
+    assert admin.match.path_prefix == ("/wp-admin", "/wp-login.php")
+    assert admin.match.header == (trilb.HeaderMatch(name="X-Internal", present=True),)
+    assert admin.match.cookie == (
+        trilb.CookieMatch(name="session"),
+        trilb.CookieMatch(name="role", value="admin"),
+    )
+    assert admin.match.not_ == trilb.Match(src=("10.0.0.0/8",))
+    assert (deny.name, deny.deny, deny.match.method) == ("#1", 403, ("TRACE",))
+    assert redirect.redirect == trilb.RedirectRule(
+        prefix="https://www.example.com", code=301, drop_query=True
+    )
+    assert web.request_headers == (
+        trilb.HeaderRule(action="set", name="X-Src", value="%[src]"),
+        trilb.HeaderRule(action="delete", name="X-Debug"),
+    )
+    assert web.response_headers == (
+        trilb.HeaderRule(action="replace", name="Server", regex="nginx.*", replacement="web"),
+    )
+    assert web.error_pages == {503: str(tmp_path / "503.html")}
+    assert web.unique_id
+    assert config.backend("admin").request_headers == (
+        trilb.HeaderRule(action="add", name="X-Admin", value="1"),
+    )
+
+
+def test_a_route_to_a_missing_backend_is_reported() -> None:
+    with pytest.raises(ConfigError) as info:
+        loads_config(
+            """
+            [frontends.web]
+            bind = "127.0.0.1:0"
+            default_backend = "app"
+            routes = [{ backend = "admn", path_prefix = "/admin" }]
+            [backends.app]
+            servers = [{ name = "a", address = "127.0.0.1:9000" }]
+            [backends.admin]
+            servers = [{ name = "b", address = "127.0.0.1:9001" }]
+            """
+        )
+    assert [str(p) for p in info.value.problems] == [
+        "frontends.web.routes[0].backend: no backend named 'admn' (did you mean 'admin'?)"
+    ]

@@ -1,10 +1,15 @@
-"""trilb.core.headers: hop-by-hop removal and X-Forwarded-* (sans-IO, table-driven)."""
+"""trilb.core.headers: hop-by-hop removal, X-Forwarded-* and Upgrade (sans-IO, table-driven)."""
 
 from __future__ import annotations
 
 import pytest
 
-from trilb.core.headers import Forwarded, request_headers_for_server, response_headers_for_client
+from trilb.core.headers import (
+    Forwarded,
+    request_headers_for_server,
+    response_headers_for_client,
+    upgrade_offer,
+)
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -216,3 +221,152 @@ def test_chunked_comes_before_forwarded_headers() -> None:
 )
 def test_response_headers_for_client(headers: Headers, expected: Headers) -> None:
     assert response_headers_for_client(headers) == expected
+
+
+# -- protocol switches (Upgrade) ------------------------------------------------------------------
+
+WS_KEY: Headers = [
+    (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+    (b"Sec-WebSocket-Version", b"13"),
+]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param(
+            [(b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")], b"websocket", id="websocket"
+        ),
+        pytest.param(
+            [(b"upgrade", b"WebSocket"), (b"CONNECTION", b"keep-alive, UPGRADE")],
+            b"WebSocket",
+            id="any-case-any-order",
+        ),
+        pytest.param(
+            [(b"Connection", b"keep-alive"), (b"Connection", b"upgrade"), (b"Upgrade", b"foo/2")],
+            b"foo/2",
+            id="token-in-second-connection-header",
+        ),
+        pytest.param(
+            [(b"Connection", b"upgrade"), (b"Upgrade", b"a/1, ,b"), (b"Upgrade", b" c ")],
+            b"a/1, b, c",
+            id="several-values-merged",
+        ),
+        pytest.param([(b"Upgrade", b"websocket")], None, id="not-named-in-connection"),
+        pytest.param(
+            [(b"Connection", b"keep-alive, x-upgrade"), (b"Upgrade", b"websocket")],
+            None,
+            id="other-connection-tokens-only",
+        ),
+        pytest.param([(b"Connection", b"Upgrade")], None, id="connection-without-upgrade-field"),
+        pytest.param([(b"Connection", b"Upgrade"), (b"Upgrade", b"")], None, id="empty-upgrade"),
+        pytest.param(
+            [(b"Connection", b"Upgrade, HTTP2-Settings"), (b"Upgrade", b"h2c")],
+            None,
+            id="h2c-refused",
+        ),
+        pytest.param(
+            [(b"Connection", b"Upgrade"), (b"Upgrade", b"H2C, websocket, HTTP/2.0, h2")],
+            b"websocket",
+            id="http-versions-left-out",
+        ),
+        pytest.param(BASE, None, id="no-upgrade"),
+    ],
+)
+def test_upgrade_offer(headers: Headers, expected: bytes | None) -> None:
+    assert upgrade_offer([*BASE, *headers]) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "upgrade", "expected"),
+    [
+        pytest.param(
+            [*BASE, (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket"), *WS_KEY],
+            b"websocket",
+            [*BASE, *WS_KEY, (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")],
+            id="websocket",
+        ),
+        pytest.param(
+            [
+                *BASE,
+                (b"Connection", b"keep-alive, Upgrade, X-Hop, HTTP2-Settings"),
+                (b"X-Hop", b"1"),
+                (b"Keep-Alive", b"timeout=5"),
+                (b"Upgrade", b"h2c, websocket"),
+                (b"HTTP2-Settings", b"AAMAAABkAAQAAP__"),
+                (b"Proxy-Connection", b"keep-alive"),
+            ],
+            b"websocket",
+            [*BASE, (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")],
+            id="only-the-upgrade-token-survives",
+        ),
+        pytest.param(
+            [*BASE, (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")],
+            None,
+            BASE,
+            id="no-offer-everything-hop-by-hop-removed",
+        ),
+    ],
+)
+def test_request_headers_with_upgrade(
+    headers: Headers, upgrade: bytes | None, expected: Headers
+) -> None:
+    out = request_headers_for_server(headers, chunked=False, forwarded=None, upgrade=upgrade)
+    assert out == expected
+
+
+def test_request_upgrade_comes_before_forwarded_headers() -> None:
+    headers = [*BASE, (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")]
+    out = request_headers_for_server(
+        headers, chunked=False, forwarded=FORWARDED, upgrade=b"websocket"
+    )
+    assert [name for name, _ in out] == [
+        b"Host",
+        b"Accept",
+        b"Upgrade",
+        b"Connection",
+        b"X-Forwarded-For",
+        b"X-Forwarded-Proto",
+        b"X-Forwarded-Host",
+        b"X-Forwarded-Port",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param(
+            [
+                (b"Upgrade", b"websocket"),
+                (b"Connection", b"Upgrade"),
+                (b"Sec-WebSocket-Accept", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            ],
+            [
+                (b"Upgrade", b"websocket"),
+                (b"Sec-WebSocket-Accept", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+                (b"Connection", b"Upgrade"),
+            ],
+            id="websocket",
+        ),
+        pytest.param(
+            [
+                (b"connection", b"upgrade, x-hop, keep-alive"),
+                (b"X-Hop", b"1"),
+                (b"Keep-Alive", b"timeout=5"),
+                (b"UPGRADE", b"WebSocket"),
+                (b"Transfer-Encoding", b"chunked"),
+                (b"X-End", b"2"),
+            ],
+            [(b"UPGRADE", b"WebSocket"), (b"X-End", b"2"), (b"Connection", b"Upgrade")],
+            id="other-hop-by-hop-still-removed",
+        ),
+        pytest.param([], [(b"Connection", b"Upgrade")], id="server-sent-no-upgrade-field"),
+    ],
+)
+def test_response_headers_for_a_switch(headers: Headers, expected: Headers) -> None:
+    assert response_headers_for_client(headers, upgrade=True) == expected
+
+
+def test_response_upgrade_removed_without_a_switch() -> None:
+    headers = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"X-End", b"1")]
+    assert response_headers_for_client(headers) == [(b"X-End", b"1")]

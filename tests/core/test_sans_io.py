@@ -17,6 +17,8 @@ CORE_MODULES = [
     "trilb.core.http1",
     "trilb.core.redirect",
     "trilb.core.responses",
+    "trilb.core.rewrite",
+    "trilb.core.routing",
     "trilb.core.sni",
     "trilb.core.sticky",
     "trilb.config",

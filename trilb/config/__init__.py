@@ -17,6 +17,15 @@ from .model import (
     TLSConfig,
     UpstreamTLS,
 )
+from .routes import (
+    CookieMatch,
+    HeaderMatch,
+    HeaderRule,
+    Match,
+    QueryMatch,
+    RedirectRule,
+    Route,
+)
 from .values import Address, parse_duration, parse_size
 
 __all__ = [
@@ -24,12 +33,19 @@ __all__ = [
     "BackendConfig",
     "Config",
     "CookieConfig",
+    "CookieMatch",
     "FrontendConfig",
     "GlobalConfig",
+    "HeaderMatch",
+    "HeaderRule",
     "HealthCheck",
     "Limits",
     "LogConfig",
+    "Match",
+    "QueryMatch",
     "RedirectHTTPS",
+    "RedirectRule",
+    "Route",
     "ServerConfig",
     "StickTableConfig",
     "TLSConfig",

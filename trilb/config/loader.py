@@ -71,6 +71,7 @@ from .reader import (
     _Table,
     _token,
 )
+from .route_loader import read_error_pages, read_header_rules, read_routes
 from .values import Address, parse_address
 
 __all__ = ["load_config", "loads_config", "parse_config"]
@@ -78,7 +79,7 @@ __all__ = ["load_config", "loads_config", "parse_config"]
 # Keys of the contract that a later version implements: named, so they are neither ignored nor
 # mistaken for typos.
 _PLANNED_TOP = ("stats", "admin")
-_PLANNED_FRONTEND = ("accept_proxy", "rate_limit", "routes")
+_PLANNED_FRONTEND = ("accept_proxy", "rate_limit")
 _PLANNED_BACKEND: tuple[str, ...] = ()
 _PLANNED_SERVER = ("send_proxy",)
 
@@ -333,6 +334,13 @@ class _Loader:
             tls=self.tls(table.table("tls")) if "tls" in table.data else None,
             redirect_https=self.redirect_https(table),
             hsts=table.get("hsts", _str, None),
+            routes=read_routes(table),
+            request_headers=read_header_rules(table, "request_headers"),
+            response_headers=read_header_rules(table, "response_headers"),
+            unique_id=table.get("unique_id", _bool, False),
+            unique_id_header=table.get("unique_id_header", _token, _FRONTEND.unique_id_header),
+            trust_request_id=table.get("trust_request_id", _bool, False),
+            error_pages=read_error_pages(table, self.resolve),
         )
         table.finish()
         return result
@@ -481,6 +489,8 @@ class _Loader:
             on_marked_down=table.get("on_marked_down", _ON_MARKED_DOWN, None),
             stick_table=self.stick_table(table),
             max_queue=table.get("max_queue", _int(0), _BACKEND.max_queue),
+            request_headers=read_header_rules(table, "request_headers"),
+            response_headers=read_header_rules(table, "response_headers"),
         )
         table.finish()
         return result

@@ -10,12 +10,13 @@ Durations are float seconds here; the TOML strings ("250ms", "5s") are parsed by
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 import attrs
 
 from ..errors import ConfigError, ConfigProblem
+from .routes import HeaderRule, Route, routes_tuple, rules_tuple
 from .values import Address, parse_binds
 
 __all__ = [
@@ -302,6 +303,8 @@ class BackendConfig:
     #: "source": keep a client address on the server it first got (a bounded, expiring table)
     stick: Literal["source"] | None = None
     stick_table: StickTableConfig = StickTableConfig()
+    request_headers: tuple[HeaderRule, ...] = attrs.field(default=(), converter=rules_tuple)
+    response_headers: tuple[HeaderRule, ...] = attrs.field(default=(), converter=rules_tuple)
 
 
 @attrs.frozen(kw_only=True)
@@ -318,6 +321,16 @@ class FrontendConfig:
     redirect_https: RedirectHTTPS | None = None
     #: Strict-Transport-Security value added to responses of a TLS frontend, e.g. "max-age=63072000"
     hsts: str | None = None
+    #: content switching: the first route that matches decides, else ``default_backend``
+    routes: tuple[Route, ...] = attrs.field(default=(), converter=routes_tuple)
+    request_headers: tuple[HeaderRule, ...] = attrs.field(default=(), converter=rules_tuple)
+    response_headers: tuple[HeaderRule, ...] = attrs.field(default=(), converter=rules_tuple)
+    #: add a request id header (logged); keep a client's own only with ``trust_request_id``
+    unique_id: bool = False
+    unique_id_header: str = "X-Request-ID"
+    trust_request_id: bool = False
+    #: status -> HTML file served instead of trilb's own page
+    error_pages: Mapping[int, str] = attrs.field(factory=dict)
 
 
 def _frontends(value: Iterable[FrontendConfig]) -> tuple[FrontendConfig, ...]:
@@ -437,6 +450,15 @@ def reference_problems(config: Config) -> list[ConfigProblem]:
         if not frontend.bind:
             problems.append(ConfigProblem(f"{path}.bind", "at least one address is required"))
         problems.extend(_redirect_problems(config, frontend, path))
+        for index, route in enumerate(frontend.routes):
+            if route.backend is not None and route.backend not in modes:
+                hint = did_you_mean(route.backend, backend_names)
+                problems.append(
+                    ConfigProblem(
+                        f"{path}.routes[{index}].backend",
+                        f"no backend named {route.backend!r}{hint}",
+                    )
+                )
         if frontend.default_backend is None:
             if frontend.redirect_https is None:  # a redirecting frontend needs no backend
                 message = "required: the backend that gets the traffic"

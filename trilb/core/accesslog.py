@@ -59,6 +59,8 @@ class RequestLog:
     srv_queue: int = 0
     backend_queue: int = 0
     request_line: str = "<BADREQ>"
+    route: str = "-"  # the route that matched (content switching)
+    request_id: str = "-"  # unique_id
 
 
 class AccessLogFormatter:
