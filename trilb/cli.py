@@ -63,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
         "does) and redirect plain HTTP on the next port to it",
     )
     demo_cmd.add_argument("--certs-dir", default="certs/dev", help="(default certs/dev)")
+    route_cmd = commands.add_parser(
+        "route", help="explain where a request would go (frontend, route, backend, server)"
+    )
+    route_cmd.add_argument("config", help="path to config.toml")
+    route_cmd.add_argument("request", help='e.g. "GET https://blog.example.com/wp-admin/ HTTP/1.1"')
+    route_cmd.add_argument(
+        "-H", "--header", action="append", default=[], metavar="NAME: VALUE", help="a header"
+    )
+    route_cmd.add_argument("--src", default="192.0.2.1", help="the client address (192.0.2.1)")
     certs_cmd = commands.add_parser(
         "certs", help="write a local development CA and a certificate it signs (via trustme)"
     )
@@ -116,6 +125,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             run_demo, args.port, max(1, args.backends), log=log, certs_dir=certs_dir
         )
         trio.run(_run_until_signalled, start, log, 5.0)
+        return EXIT_OK
+    if args.command == "route":
+        from .explain import explain_request
+
+        config = load_config(args.config)
+        for line in explain_request(config, args.request, args.header, args.src):
+            print(line)
         return EXIT_OK
     if args.command == "certs":
         from .devcerts import describe, write_dev_certs
