@@ -92,7 +92,10 @@ class AccessLogFormatter:
             f"{r.t_request}/{r.t_queue}/{r.t_connect}/{r.t_response}/{r.t_active} "
             f"{r.status} {r.bytes_out} - - {r.termination}-- "
             f"{r.actconn}/{r.feconn}/{r.beconn}/{r.srv_conn}/{r.retries} "
-            f"{r.srv_queue}/{r.backend_queue} {json.dumps(r.request_line)}"
+            f"{r.srv_queue}/{r.backend_queue} "
+            # a request id shows where HAProxy shows captured request headers: {...}
+            + (f"{{{r.request_id}}} " if r.request_id != "-" else "")
+            + json.dumps(r.request_line)
         )
 
     def _json(self, r: RequestLog) -> str:
