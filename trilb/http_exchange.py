@@ -587,6 +587,8 @@ class Exchange:
                         response_head(event.status_code, event.reason, event.headers.raw_items())
                     )
             elif isinstance(event, h11.Response):
+                if parser.their_state is h11.SWITCHED_PROTOCOL:  # a 2xx to a CONNECT
+                    return await self._switch_protocols(upstream, server, parser, event)
                 break
             else:  # pragma: no cover - h11 yields nothing else before a response
                 raise ServerFailed(502, "SH", f"unexpected {type(event).__name__}")
@@ -642,11 +644,12 @@ class Exchange:
         upstream: ServerConnection,
         server: ServerRuntime,
         parser: h11.Connection,
-        event: h11.InformationalResponse,
+        event: h11.InformationalResponse | h11.Response,
     ) -> bool:
-        """The server switched protocols: relay its 101, then bytes both ways until both sides
-        have closed (:class:`~trilb.tunnel.Tunnel`). Returns False: a switched server connection
-        is never reused, and the client connection ends with the tunnel.
+        """The server switched protocols: relay its 101 (or its 2xx to a CONNECT), then bytes
+        both ways until both sides have closed (:class:`~trilb.tunnel.Tunnel`). Returns False:
+        a switched server connection is never reused, and the client connection ends with the
+        tunnel.
 
         Timeouts: ``timeout_tunnel`` of the frontend for the client side and of the backend for
         the server side; the tunnel ends when neither side has moved a byte for the smaller one.
@@ -656,7 +659,10 @@ class Exchange:
         record.t_response = millis(self.started, time.monotonic())
         record.status = event.status_code
         self.keep_client = False
-        headers = response_headers_for_client(event.headers.raw_items(), upgrade=True)
+        connect = self.request.method == b"CONNECT"
+        headers = response_headers_for_client(event.headers.raw_items(), upgrade=not connect)
+        if connect:  # RFC 9110 section 9.3.6: a 2xx to CONNECT has no framing headers
+            headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
         cookie = self.backend.cookie
         if cookie is not None:
             had_it = self.sticky_index == server.index

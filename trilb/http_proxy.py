@@ -322,7 +322,11 @@ class ClientSession:
         fields = event.headers.raw_items()
         info = inspect_head(event.http_version, fields)
         problem = check_head_info(info)
-        if problem is None and event.method == b"CONNECT":
+        if (
+            problem is None
+            and event.method == b"CONNECT"
+            and not self.frontend.config.allow_connect
+        ):
             problem = HeadProblem(405, "CONNECT is not enabled")
         max_body = limits.max_request_body
         if problem is None and max_body is not None and info.length > max_body:

@@ -306,6 +306,7 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("redirect-https-port", web(redirect_https={"port": 0}), "frontends.web.redirect_https.port", "must be an integer 1-65535, got 0"),
     ("redirect-https-typo", web(redirect_https={"port": 8443, "cod": 301}), "frontends.web.redirect_https.cod", "unknown key (did you mean 'code'?)"),
     ("redirect-https-on-tls", web(redirect_https={"port": 8443}, tls={"certificates": "a.pem"}), "frontends.web.redirect_https", "is for a plain HTTP frontend"),
+    ("allow-connect", web(allow_connect="yes"), "frontends.web.allow_connect", 'must be true or false, got "yes"'),
     ("hsts-without-tls", web(hsts="max-age=60"), "frontends.web.hsts", "only for a TLS frontend"),
     ("accept-proxy", web(accept_proxy=False), "frontends.web.accept_proxy", PLANNED),
     ("rate-limit", web(rate_limit={"requests": 100}), "frontends.web.rate_limit", PLANNED),

@@ -340,6 +340,7 @@ class _Loader:
             unique_id=table.get("unique_id", _bool, False),
             unique_id_header=table.get("unique_id_header", _token, _FRONTEND.unique_id_header),
             trust_request_id=table.get("trust_request_id", _bool, False),
+            allow_connect=table.get("allow_connect", _bool, False),
             error_pages=read_error_pages(table, self.resolve),
         )
         table.finish()

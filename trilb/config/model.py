@@ -331,6 +331,9 @@ class FrontendConfig:
     trust_request_id: bool = False
     #: status -> HTML file served instead of trilb's own page
     error_pages: Mapping[int, str] = attrs.field(factory=dict)
+    #: pass CONNECT requests on to the backend (a forward proxy behind trilb); a 2xx answer
+    #: turns the connection into a tunnel, as a 101 does. Off: CONNECT gets 405.
+    allow_connect: bool = False
 
 
 def _frontends(value: Iterable[FrontendConfig]) -> tuple[FrontendConfig, ...]:
