@@ -11,6 +11,7 @@ from ._version import __version__
 from .balancer import Balancer, open_balancer, serve
 from .config import (
     Address,
+    AdminConfig,
     BackendConfig,
     Config,
     CookieConfig,
@@ -28,6 +29,7 @@ from .config import (
     RedirectRule,
     Route,
     ServerConfig,
+    StatsConfig,
     StickTableConfig,
     Timeouts,
     TLSConfig,
@@ -47,6 +49,7 @@ from .stats import (
 
 __all__ = [
     "Address",
+    "AdminConfig",
     "BackendConfig",
     "BackendStatistics",
     "Balancer",
@@ -73,6 +76,7 @@ __all__ = [
     "ServerStatistics",
     "StartupError",
     "Statistics",
+    "StatsConfig",
     "StickTableConfig",
     "TLSConfig",
     "Timeouts",

@@ -98,6 +98,7 @@ class Balancer:
                 for fe in self._frontends:
                     nursery.start_soon(fe.run, connections)
                 start_health_checks(nursery, self._backends.values(), self.log)
+                await self._start_services(nursery)
                 self._log_start()
                 task_status.started(self)
                 await self._drain_started.wait()
@@ -116,6 +117,13 @@ class Balancer:
             self._close_everything()
             self._stopped.set()
         self.log.info("stopped")
+
+    async def _start_services(self, nursery: trio.Nursery) -> None:
+        """The balancer's own services, in its nursery: they stop with it.
+
+        Each service module adds one line here (the log writer, the stats server, the admin
+        socket); they are started before ``task_status.started`` so that a port in use is a
+        start-up error."""
 
     def _close_everything(self) -> None:
         """Close listeners and idle server connections (idempotent; also before any run)."""

@@ -248,9 +248,10 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("max-connections-float", {"global": {"max_connections": 1.5}}, "global.max_connections", "integer >= 1, got 1.5"),
     ("pidfile-empty", {"global": {"pidfile": ""}}, "global.pidfile", 'must be a non-empty string, got ""'),
     # [log]
-    ("log-file", {"log": {"target": "file:/var/log/trilb.log"}}, "log.target", f'"file:/var/log/trilb.log" is {PLANNED}; supported now: "stdout", "stderr", "none"'),
-    ("log-syslog", {"log": {"target": "syslog:127.0.0.1:514"}}, "log.target", PLANNED),
-    ("log-target-typo", {"log": {"target": "stdot"}}, "log.target", 'must be one of "stdout", "stderr", "none", got "stdot" (did you mean \'stdout\'?)'),
+    ("log-syslog-address", {"log": {"target": "syslog:nowhere"}}, "log.target", "the syslog address must be"),
+    ("log-target-typo", {"log": {"target": "stdot"}}, "log.target", 'must be "stdout", "stderr", "none", "file:PATH", "syslog:HOST:PORT" or "syslog:unix:PATH", got "stdot"'),
+    ("log-facility", {"log": {"facility": "local9"}}, "log.facility", 'got "local9"'),
+    ("log-queue", {"log": {"queue": 0}}, "log.queue", "must be an integer >= 1, got 0"),
     ("log-format-typo", {"log": {"format": "jsn"}}, "log.format", "(did you mean 'json'?)"),
     ("log-format-far", {"log": {"format": "xml"}}, "log.format", 'must be one of "haproxy", "json", got "xml"'),
     ("log-format-not-str", {"log": {"format": 1}}, "log.format", 'must be one of "haproxy", "json", got 1'),
@@ -275,8 +276,11 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     # top level
     ("top-typo", {"frontend": {}}, "frontend", "unknown key (did you mean 'frontends'?)"),
     ("top-far", {"zzz": 1}, "zzz", "unknown key"),
-    ("stats", {"stats": {"bind": "127.0.0.1:8404"}}, "stats", PLANNED),
-    ("admin", {"admin": {"socket": "/run/a.sock"}}, "admin", PLANNED),
+    ("stats-bind", {"stats": {"refresh": "1s"}}, "stats.bind", "required"),
+    ("stats-auth", {"stats": {"bind": "127.0.0.1:8404", "auth": {"user": "admin"}}}, "stats.auth.password", "required"),
+    ("stats-typo", {"stats": {"bind": "127.0.0.1:8404", "refesh": "1s"}}, "stats.refesh", "unknown key (did you mean 'refresh'?)"),
+    ("admin-socket", {"admin": {"mode": "0600"}}, "admin.socket", "required"),
+    ("admin-mode", {"admin": {"socket": "/run/a.sock", "mode": "rw"}}, "admin.mode", 'must be a file mode like "0600", got "rw"'),
     # [frontends.NAME]
     ("bind-number", web(bind=80), "frontends.web.bind", 'must be an address or an array of addresses like ["*:80"], got 80'),
     ("bind-one-bad", web(bind="localhost"), "frontends.web.bind", 'must be "host:port", got "localhost" (no port)'),

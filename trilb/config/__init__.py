@@ -2,6 +2,7 @@
 
 from .loader import load_config, loads_config, parse_config
 from .model import (
+    AdminConfig,
     BackendConfig,
     Config,
     CookieConfig,
@@ -12,6 +13,7 @@ from .model import (
     LogConfig,
     RedirectHTTPS,
     ServerConfig,
+    StatsConfig,
     StickTableConfig,
     Timeouts,
     TLSConfig,
@@ -30,6 +32,7 @@ from .values import Address, parse_duration, parse_size
 
 __all__ = [
     "Address",
+    "AdminConfig",
     "BackendConfig",
     "Config",
     "CookieConfig",
@@ -47,6 +50,7 @@ __all__ = [
     "RedirectRule",
     "Route",
     "ServerConfig",
+    "StatsConfig",
     "StickTableConfig",
     "TLSConfig",
     "Timeouts",

@@ -33,8 +33,10 @@ from .model import (
     LOG_FORMATS,
     LOG_TARGETS,
     MODES,
+    SYSLOG_FACILITIES,
     TLS_VERSIONS,
     VERIFY_CLIENT,
+    AdminConfig,
     BackendConfig,
     Config,
     CookieConfig,
@@ -45,6 +47,7 @@ from .model import (
     LogConfig,
     RedirectHTTPS,
     ServerConfig,
+    StatsConfig,
     StickTableConfig,
     Timeouts,
     TLSConfig,
@@ -78,7 +81,7 @@ __all__ = ["load_config", "loads_config", "parse_config"]
 
 # Keys of the contract that a later version implements: named, so they are neither ignored nor
 # mistaken for typos.
-_PLANNED_TOP = ("stats", "admin")
+_PLANNED_TOP: tuple[str, ...] = ()
 _PLANNED_FRONTEND = ("accept_proxy", "rate_limit")
 _PLANNED_BACKEND: tuple[str, ...] = ()
 _PLANNED_SERVER = ("send_proxy",)
@@ -140,6 +143,22 @@ def _related(a: str, b: str) -> bool:
     if len(a) < len(b):
         a, b = b, a
     return a == b or a.startswith((b + ".", b + "["))
+
+
+def _file_mode(value: object) -> int:
+    """ "0600" (octal text) or 0o600."""
+    if isinstance(value, str):
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            mode = -1
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f'must be a file mode like "0600", got {_show(value)}')
+    return mode
 
 
 def _workers(value: object) -> int:
@@ -249,6 +268,8 @@ class _Loader:
         root = _Table(data, "", self.problems, _PLANNED_TOP)
         global_ = self.global_(root.table("global"))
         log = self.log(root.table("log"))
+        stats = self.stats(root.table("stats"))
+        admin = self.admin(root.table("admin"))
         defaults = self.defaults(root.table("defaults"))
         frontends = [
             self.frontend(name, table, defaults)
@@ -265,7 +286,14 @@ class _Loader:
         root.finish()
         structural = self.problems
         try:
-            config = Config(frontends=frontends, backends=backends, global_=global_, log=log)
+            config = Config(
+                frontends=frontends,
+                backends=backends,
+                global_=global_,
+                log=log,
+                stats=stats,
+                admin=admin,
+            )
         except ConfigError as exc:
             if any(p.key_path in ("frontends", "backends") for p in structural):
                 references: list[ConfigProblem] = []  # too broken for references to mean anything
@@ -291,12 +319,77 @@ class _Loader:
 
     def log(self, table: _Table) -> LogConfig:
         default = LogConfig()
-        target = table.get(
-            "target", _choice(LOG_TARGETS, planned=("file:", "syslog:")), default.target
+        result = LogConfig(
+            target=table.get("target", self.log_target, default.target),
+            format=table.get("format", _choice(LOG_FORMATS), default.format),
+            template=table.get("template", _str, None),
+            facility=table.get("facility", _choice(SYSLOG_FACILITIES), default.facility),
+            queue=table.get("queue", _int(1), default.queue),
         )
-        format_ = table.get("format", _choice(LOG_FORMATS), default.format)
         table.finish()
-        return LogConfig(target=target, format=format_)
+        return result
+
+    def log_target(self, value: object) -> str:
+        """stdout, stderr, none, file:PATH (relative to the config), syslog:HOST:PORT,
+        syslog:unix:PATH."""
+        if value in LOG_TARGETS:
+            assert isinstance(value, str)
+            return value
+        if isinstance(value, str) and value.startswith("file:") and len(value) > 5:
+            return "file:" + self.resolve(value[5:])
+        if isinstance(value, str) and value.startswith("syslog:unix:") and len(value) > 12:
+            return value
+        if isinstance(value, str) and value.startswith("syslog:"):
+            try:
+                parse_address(value[len("syslog:") :], bind=False)
+            except ValueError as exc:
+                raise ValueError(f"the syslog address {exc}") from None
+            return value
+        raise ValueError(
+            'must be "stdout", "stderr", "none", "file:PATH", "syslog:HOST:PORT" or '
+            f'"syslog:unix:PATH", got {_show(value)}'
+        )
+
+    def stats(self, table: _Table) -> StatsConfig | None:
+        if not table.data:
+            return None
+        binds: list[Address] = []
+        no_binds: list[tuple[str, object]] = []
+        for suffix, item in table.get("bind", _binds, no_binds, required=True):
+            try:
+                if not isinstance(item, str):
+                    raise ValueError(
+                        f'must be an address string like "127.0.0.1:8404", got {_show(item)}'
+                    )
+                binds.extend(parse_address(item, bind=True))
+            except ValueError as exc:
+                table.problem(table.key_path("bind") + suffix, str(exc))
+        auth = None
+        if "auth" in table.data:
+            sub = table.table("auth")
+            auth = (
+                sub.get("user", _str, "", required=True),
+                sub.get("password", _str, "", required=True),
+            )
+            sub.finish()
+        result = StatsConfig(
+            bind=binds,
+            auth=auth,
+            tls=self.tls(table.table("tls")) if "tls" in table.data else None,
+            refresh=table.get("refresh", _duration, 5.0),
+        )
+        table.finish()
+        return result
+
+    def admin(self, table: _Table) -> AdminConfig | None:
+        if not table.data:
+            return None
+        socket_path = table.get("socket", _str, "", required=True)
+        if socket_path.startswith("unix:"):
+            socket_path = socket_path[len("unix:") :]
+        mode = table.get("mode", _file_mode, 0o600)
+        table.finish()
+        return AdminConfig(socket=self.resolve(socket_path) if socket_path else "", mode=mode)
 
     def defaults(self, table: _Table) -> _Defaults:
         result = _Defaults(

@@ -21,6 +21,7 @@ from .values import Address, parse_binds
 
 __all__ = [
     "INTERMEDIATE_CIPHERS",
+    "AdminConfig",
     "BackendConfig",
     "Config",
     "CookieConfig",
@@ -31,6 +32,7 @@ __all__ = [
     "LogConfig",
     "RedirectHTTPS",
     "ServerConfig",
+    "StatsConfig",
     "StickTableConfig",
     "TLSConfig",
     "Timeouts",
@@ -52,8 +54,14 @@ BALANCE_ALGORITHMS: tuple[str, ...] = (
 BALANCE_WITH_NAME = ("url_param:", "header:")
 HashType = Literal["map-based", "consistent"]
 HASH_TYPES: tuple[HashType, ...] = ("map-based", "consistent")
-LogTarget = Literal["stdout", "stderr", "none"]
-LOG_TARGETS: tuple[LogTarget, ...] = ("stdout", "stderr", "none")
+#: "stdout" | "stderr" | "none" | "file:PATH" | "syslog:HOST:PORT" | "syslog:unix:PATH"
+LogTarget = str
+LOG_TARGETS: tuple[str, ...] = ("stdout", "stderr", "none")
+SYSLOG_FACILITIES = (
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+    "authpriv", "ftp", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+    "local7",
+)  # fmt: skip
 LogFormat = Literal["haproxy", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("haproxy", "json")
 Mode = Literal["http"]
@@ -169,6 +177,34 @@ class GlobalConfig:
 class LogConfig:
     target: LogTarget = "stdout"
     format: LogFormat = "haproxy"
+    #: a custom access-log line with %-variables (%ci %cp %ST %Ta %r ...); overrides format
+    template: str | None = None
+    #: the syslog facility (syslog targets)
+    facility: str = "local0"
+    #: lines waiting to be written at most; beyond, lines are dropped (and counted), never
+    #: blocking the proxy
+    queue: int = 10_000
+
+
+@attrs.frozen(kw_only=True)
+class StatsConfig:
+    """``[stats]``: the dashboard (HTML at /), /stats.json and /metrics."""
+
+    bind: tuple[Address, ...] = attrs.field(converter=parse_binds)
+    #: HTTP basic authentication (user, password); None: open (bind it to a private address)
+    auth: tuple[str, str] | None = None
+    tls: TLSConfig | None = None
+    #: the dashboard reloads itself this often
+    refresh: float = 5.0
+
+
+@attrs.frozen(kw_only=True)
+class AdminConfig:
+    """``[admin]``: the runtime API on a unix socket (``trilb ctl``)."""
+
+    socket: str
+    #: file mode of the socket: who may administer the balancer
+    mode: int = 0o600
 
 
 # Converters are named functions: mypy's attrs plugin cannot type a classmethod or a bare `tuple`
@@ -352,6 +388,8 @@ class Config:
     backends: tuple[BackendConfig, ...] = attrs.field(converter=_backends)
     global_: GlobalConfig = GlobalConfig()
     log: LogConfig = LogConfig()
+    stats: StatsConfig | None = None
+    admin: AdminConfig | None = None
 
     def __attrs_post_init__(self) -> None:
         problems = reference_problems(self)
