@@ -18,7 +18,7 @@ import trio
 
 from .backend import BackendRuntime, resolve_backend
 from .config import Address, Config
-from .errors import ConfigError, ConfigProblem
+from .errors import ConfigError, ConfigProblem, StartupError
 from .frontend import ConnectionSlots, FrontendRuntime, open_listeners
 from .health import start_health_checks
 from .logsink import LogSink
@@ -124,6 +124,11 @@ class Balancer:
         Each service module adds one line here (the log writer, the stats server, the admin
         socket); they are started before ``task_status.started`` so that a port in use is a
         start-up error."""
+        # (until each service exists, its configuration must not be silently ignored)
+        if self.config.stats is not None:
+            raise StartupError("stats: the stats server is not available in this build yet")
+        if self.config.admin is not None:
+            raise StartupError("admin: the admin socket is not available in this build yet")
 
     def _close_everything(self) -> None:
         """Close listeners and idle server connections (idempotent; also before any run)."""

@@ -12,6 +12,7 @@ import time
 from typing import TextIO
 
 from .core.accesslog import AccessLogFormatter, RequestLog
+from .errors import StartupError
 
 __all__ = ["LogSink"]
 
@@ -26,6 +27,8 @@ class LogSink:
     def __init__(
         self, target: str = "stdout", fmt: str = "haproxy", *, verbosity: int = NORMAL
     ) -> None:
+        if target not in ("stdout", "stderr", "none"):
+            raise StartupError(f"log.target: {target!r} is not available in this build yet")
         self._file: TextIO | None = {"stdout": sys.stdout, "stderr": sys.stderr}.get(target)
         self._formatter = AccessLogFormatter(fmt)
         self.verbosity = verbosity
