@@ -38,6 +38,19 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def e2e(session: nox.Session) -> None:
+    """trilb in front of two real WordPress servers (examples/wordpress): the release check.
+
+    Installs the Debian packages it lacks (mariadb-server, apache2, libapache2-mod-php,
+    php-mysql, wordpress; needs root for that), brings the stack up on 127.0.0.1, runs
+    tests/e2e/test_wordpress.py through trilb and takes the stack down again."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest", "-m", "wordpress", "tests/e2e/test_wordpress.py", *(session.posargs or ["-v"])
+    )
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """trilb vs HAProxy vs nginx, side by side (needs wrk, nginx, haproxy; installs none)."""
     session.install("-e", ".")

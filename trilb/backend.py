@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Container, Sequence
 from typing import Protocol, overload
 
+import attrs
 import trio
 
 from .config import BackendConfig, ServerConfig, UpstreamTLS
@@ -18,7 +19,7 @@ from .core.sticky import StickTable, default_cookie_value
 from .errors import ConfigError
 from .net import connect
 from .pool import IdlePool, ServerConnection
-from .stats import BackendStatistics, Counters, ServerStatistics
+from .stats import BackendStatistics, Counters, Histogram, ServerStatistics, StateHistory
 
 __all__ = ["BackendRuntime", "ServerRuntime", "resolve_backend"]
 
@@ -27,7 +28,8 @@ class ServerRuntime:
     """One server: where it is, how to connect to it, its idle pool and counters."""
 
     __slots__ = (
-        "admin_state",
+        "_admin_state",
+        "_up",
         "check_status",
         "config",
         "consecutive_errors",
@@ -35,14 +37,15 @@ class ServerRuntime:
         "counters",
         "exchanges",
         "family",
+        "history",
         "index",
         "mark_down",
         "name",
         "pool",
+        "response_time",
         "sockaddr",
         "tls_context",
         "tls_name",
-        "up",
         "weight",
     )
 
@@ -67,12 +70,16 @@ class ServerRuntime:
         self.sockaddr = sockaddr
         self.pool = pool
         self.counters = Counters()
-        #: the operator's say: "ready", "drain" (only sessions already there) or "maint" (none)
-        self.admin_state = "ready"
+        #: seconds from sending a request to the end of its response (see Exchange)
+        self.response_time = Histogram()
+        #: the operator's say (see the admin_state property)
+        self._admin_state = "ready"
         #: this server's id in stickiness cookies
         self.cookie_id = b""
-        #: the health checks' say (always True without checks)
-        self.up = True
+        #: the health checks' say (see the up property)
+        self._up = True
+        #: when the state last changed, downtime (for the stats)
+        self.history = StateHistory(time.monotonic())
         #: the last check's outcome, for logs and statistics ("" before any check)
         self.check_status = ""
         #: passive checks: errors of real traffic in a row
@@ -83,9 +90,36 @@ class ServerRuntime:
         self.exchanges: set[Killable] = set()
 
     @property
+    def up(self) -> bool:
+        """The health checks' say (always True without checks)."""
+        return self._up
+
+    @up.setter
+    def up(self, value: bool) -> None:
+        before = self.state
+        self._up = value
+        self._state_set(before)
+
+    @property
+    def admin_state(self) -> str:
+        """The operator's say: "ready", "drain" (only sessions already there) or "maint" (none)."""
+        return self._admin_state
+
+    @admin_state.setter
+    def admin_state(self, value: str) -> None:
+        before = self.state
+        self._admin_state = value
+        self._state_set(before)
+
+    def _state_set(self, before: str) -> None:
+        state = self.state
+        if state != before:
+            self.history.change(state, time.monotonic())
+
+    @property
     def usable(self) -> bool:
         """May get new traffic."""
-        return self.up and self.admin_state == "ready"
+        return self._up and self._admin_state == "ready"
 
     @property
     def full(self) -> bool:
@@ -96,11 +130,11 @@ class ServerRuntime:
     @property
     def state(self) -> str:
         """HAProxy's words: UP, DOWN, DRAIN or MAINT."""
-        if self.admin_state == "maint":
+        if self._admin_state == "maint":
             return "MAINT"
-        if not self.up:
+        if not self._up:
             return "DOWN"
-        return "DRAIN" if self.admin_state == "drain" else "UP"
+        return "DRAIN" if self._admin_state == "drain" else "UP"
 
     async def connect(self) -> ServerConnection:
         """A new connection (the caller bounds the wait, handshake included); OSError when it
@@ -121,6 +155,7 @@ class ServerRuntime:
         return ServerConnection(transport, stream)
 
     def statistics(self) -> ServerStatistics:
+        now = time.monotonic()
         return ServerStatistics(
             name=self.name,
             address=str(self.config.address),
@@ -130,6 +165,10 @@ class ServerRuntime:
             state=self.state,
             backup=self.config.backup,
             check_status=self.check_status,
+            last_change=max(0.0, now - self.history.last_change),
+            downtime=self.history.downtime(now),
+            changes=self.history.changes,
+            response_time=self.response_time.snapshot(),
         )
 
 
@@ -194,6 +233,7 @@ class BackendRuntime:
         "queue",
         "request_rules",
         "response_rules",
+        "response_time",
         "servers",
         "stick_table",
     )
@@ -213,6 +253,8 @@ class BackendRuntime:
         #: whether picks need the request's key (the hashing algorithms)
         self.hashes = config.balance in ("source", "uri") or ":" in config.balance
         self.counters = Counters()
+        #: the servers' response times, all together
+        self.response_time = Histogram()
         self.queue = RequestQueue(config.max_queue)
         self.cookie = config.cookie
         #: header rules, compiled when the balancer starts (see trilb.rules)
@@ -324,8 +366,14 @@ class BackendRuntime:
         return any(s.usable and s.full for s in self.servers)
 
     def take_slot(self, server: ServerRuntime) -> None:
-        server.counters.current_requests += 1
-        self.counters.current_requests += 1
+        counters = server.counters
+        counters.current_requests += 1
+        if counters.current_requests > counters.peak_requests:
+            counters.peak_requests = counters.current_requests
+        counters = self.counters
+        counters.current_requests += 1
+        if counters.current_requests > counters.peak_requests:
+            counters.peak_requests = counters.current_requests
 
     def release_slot(self, server: ServerRuntime) -> None:
         server.counters.current_requests -= 1
@@ -353,11 +401,21 @@ class BackendRuntime:
                 conn.close()
 
     def statistics(self) -> BackendStatistics:
+        servers = tuple(s.statistics() for s in self.servers)
+        # Bytes and connections are counted per server only: the backend's are their sums.
+        traffic = attrs.evolve(
+            self.counters.snapshot(),
+            bytes_in=sum(s.traffic.bytes_in for s in servers),
+            bytes_out=sum(s.traffic.bytes_out for s in servers),
+            total_connections=sum(s.traffic.total_connections for s in servers),
+            connect_errors=sum(s.traffic.connect_errors for s in servers),
+        )
         return BackendStatistics(
             name=self.name,
-            traffic=self.counters.snapshot(),
-            servers=tuple(s.statistics() for s in self.servers),
+            traffic=traffic,
+            servers=servers,
             queued=self.queue.waiting,
+            response_time=self.response_time.snapshot(),
         )
 
 

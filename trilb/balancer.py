@@ -4,6 +4,7 @@
 
     serve()                         the balancer's nursery
     ├── frontend.run()              one per frontend: an accept loop per listener
+    ├── health checks, services     the admin socket (trilb.admin), ...
     └── connections nursery         one task per client connection (ClientSession.run)
 
 Nothing is global: two balancers in one process share no state.
@@ -11,22 +12,26 @@ Nothing is global: two balancers in one process share no state.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+import attrs
 import trio
 
-from .backend import BackendRuntime, resolve_backend
+from .admin import serve_admin
+from .backend import BackendRuntime, ServerRuntime, resolve_backend
 from .config import Address, Config
-from .errors import ConfigError, ConfigProblem, StartupError
+from .errors import ConfigError, ConfigProblem
 from .frontend import ConnectionSlots, FrontendRuntime, open_listeners
-from .health import start_health_checks
+from .health import ServerChecker, start_health_checks
 from .logsink import LogSink
 from .rules import compile_rules
 from .stats import Statistics
+from .stats_server import serve_stats
 from .tls import ServerTLS, describe, load_server_tls
 
-__all__ = ["Balancer", "open_balancer", "serve"]
+__all__ = ["Balancer", "ServerState", "SessionInfo", "open_balancer", "serve"]
 
 #: default time in-flight requests get to finish after a drain starts
 DEFAULT_GRACE = 30.0
@@ -49,6 +54,14 @@ class Balancer:
         self._drain_started = trio.Event()
         self._grace = DEFAULT_GRACE
         self._stopped = trio.Event()
+        #: the health checkers by (backend, server), once running
+        self._checkers: dict[tuple[str, str], ServerChecker] = {}
+        self._started = time.monotonic()
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since the balancer started."""
+        return time.monotonic() - self._started
 
     @property
     def addresses(self) -> Mapping[str, tuple[Address, ...]]:
@@ -67,10 +80,16 @@ class Balancer:
         )
 
     def set_weight(self, backend: str, server: str, weight: int) -> None:
-        """Change a server's weight at run time (0-256; 0 = no new traffic)."""
+        """Change a server's weight at run time (0-256; 0 = no new traffic).
+        KeyError for an unknown backend or server."""
         if not 0 <= weight <= 256:
             raise ValueError(f"weight must be 0-256, got {weight}")
+        was = self._server(backend, server).weight
         self._backends[backend].set_weight(server, weight)
+        if weight != was:
+            self.log.info(
+                f"server {backend}/{server} weight {was} -> {weight} (set by the operator)"
+            )
 
     def set_server_state(self, backend: str, server: str, state: str) -> None:
         """Take a server out or put it back, as an operator: "ready" (normal), "drain" (no new
@@ -82,6 +101,87 @@ class Balancer:
         if target.admin_state != state:
             target.admin_state = state
             self.log.info(f"server {backend}/{server} is now {target.state} (set by the operator)")
+
+    def disable_health(self, backend: str, server: str) -> None:
+        """Stop a server's active health checks (HAProxy's ``disable health``): it keeps its
+        current UP or DOWN until :meth:`enable_health`. KeyError for an unknown backend or
+        server, ValueError when its backend has no ``health_check``."""
+        checker = self._checker(backend, server)
+        if not checker.paused:
+            checker.pause()
+            self.log.info(
+                f"server {backend}/{server}: health checks disabled by the operator "
+                f"(stays {checker.server.state})"
+            )
+
+    def enable_health(self, backend: str, server: str) -> None:
+        """Start a server's active health checks again after :meth:`disable_health`."""
+        checker = self._checker(backend, server)
+        if checker.paused:
+            checker.resume()
+            self.log.info(f"server {backend}/{server}: health checks enabled by the operator")
+
+    def servers_state(self) -> tuple[ServerState, ...]:
+        """Every server's state as the operator and the health checks set it."""
+        result = []
+        for backend in self._backends.values():
+            for server in backend.servers:
+                checker = self._checkers.get((backend.name, server.name))
+                checks = "none" if checker is None else "disabled" if checker.paused else "enabled"
+                result.append(
+                    ServerState(
+                        backend=backend.name,
+                        server=server.name,
+                        address=str(server.config.address),
+                        state=server.state,
+                        admin_state=server.admin_state,
+                        up=server.up,
+                        weight=server.weight,
+                        configured_weight=server.config.weight,
+                        backup=server.config.backup,
+                        health_checks=checks,
+                        check_status=server.check_status,
+                        current_requests=server.counters.current_requests,
+                    )
+                )
+        return tuple(result)
+
+    def sessions(self) -> tuple[SessionInfo, ...]:
+        """The client connections open now (TLS ones once their handshake is done)."""
+        now = time.monotonic()
+        result = []
+        for fe in self._frontends:
+            for conn_id, session in list(fe.sessions.items()):
+                request = session.request
+                line = backend = server = None
+                if request is not None:  # (the access log's placeholders: not chosen yet)
+                    line = request.request_line
+                    backend = request.backend if request.backend != "-" else None
+                    server = request.server if request.server != "<NOSRV>" else None
+                result.append(
+                    SessionInfo(
+                        frontend=fe.name,
+                        id=conn_id,
+                        client=f"{session.client_ip}:{session.client_port}",
+                        tls=session.tls,
+                        age=max(0.0, now - session.accepted),
+                        requests=session.requests,
+                        request_line=line,
+                        backend=backend,
+                        server=server,
+                    )
+                )
+        return tuple(result)
+
+    def _server(self, backend: str, server: str) -> ServerRuntime:
+        return self._backends[backend].server(server)
+
+    def _checker(self, backend: str, server: str) -> ServerChecker:
+        self._server(backend, server)
+        checker = self._checkers.get((backend, server))
+        if checker is None:
+            raise ValueError(f"backend {backend} has no health checks")
+        return checker
 
     async def drain(self, grace: float | None = None) -> None:
         """Stop gracefully: stop accepting, close idle keep-alive connections, let requests in
@@ -97,7 +197,8 @@ class Balancer:
             async with trio.open_nursery() as nursery, trio.open_nursery() as connections:
                 for fe in self._frontends:
                     nursery.start_soon(fe.run, connections)
-                start_health_checks(nursery, self._backends.values(), self.log)
+                for checker in start_health_checks(nursery, self._backends.values(), self.log):
+                    self._checkers[checker.backend.name, checker.server.name] = checker
                 await self._start_services(nursery)
                 self._log_start()
                 task_status.started(self)
@@ -124,11 +225,16 @@ class Balancer:
         Each service module adds one line here (the log writer, the stats server, the admin
         socket); they are started before ``task_status.started`` so that a port in use is a
         start-up error."""
+        await nursery.start(self.log.run)  # the log writer: from here on, logging never blocks
         # (until each service exists, its configuration must not be silently ignored)
+        #: where the stats server listens (port 0 resolved); () without ``[stats]``
+        self.stats_addresses: tuple[Address, ...] = ()
         if self.config.stats is not None:
-            raise StartupError("stats: the stats server is not available in this build yet")
+            self.stats_addresses = await nursery.start(
+                serve_stats, self, self.config.stats, self.log
+            )
         if self.config.admin is not None:
-            raise StartupError("admin: the admin socket is not available in this build yet")
+            await nursery.start(serve_admin, self, self.config.admin)
 
     def _close_everything(self) -> None:
         """Close listeners and idle server connections (idempotent; also before any run)."""
@@ -148,6 +254,50 @@ class Balancer:
             self.log.info(f"frontend {fe.name} listening on {where}{tls} -> {target}")
             if fe.tls is not None:
                 self.log.info(f"frontend {fe.name} certificates: {describe(fe.tls.certificates)}")
+
+
+@attrs.frozen(kw_only=True)
+class ServerState:
+    """One server, as :meth:`Balancer.servers_state` sees it."""
+
+    backend: str
+    server: str
+    address: str
+    #: UP, DOWN, DRAIN or MAINT: what the balancing goes by
+    state: str
+    #: the operator's say: "ready", "drain" or "maint" (:meth:`Balancer.set_server_state`)
+    admin_state: str
+    #: the health checks' say (True without checks)
+    up: bool
+    weight: int
+    configured_weight: int
+    backup: bool
+    #: "enabled", "disabled" (:meth:`Balancer.disable_health`) or "none" (no ``health_check``)
+    health_checks: str
+    #: the last check's outcome ("" before any)
+    check_status: str
+    #: requests being relayed to it now
+    current_requests: int
+
+
+@attrs.frozen(kw_only=True)
+class SessionInfo:
+    """One client connection, as :meth:`Balancer.sessions` sees it."""
+
+    frontend: str
+    #: its number within its frontend (as in log messages: "connection #12")
+    id: int
+    #: "ip:port" ("unix:0" on a unix socket)
+    client: str
+    tls: bool
+    #: seconds since it was accepted (since its TLS handshake ended, with TLS)
+    age: float
+    #: requests answered so far
+    requests: int
+    #: the request under way, if any: its request line, and its backend and server once chosen
+    request_line: str | None = None
+    backend: str | None = None
+    server: str | None = None
 
 
 async def serve(
@@ -174,7 +324,7 @@ async def serve(
 async def _prepare(config: Config, log: LogSink | None) -> Balancer:
     """Everything that can fail before the balancer runs: names resolved, certificates checked,
     ports bound. (Kept out of any nursery, so its errors reach the caller as themselves.)"""
-    log = log if log is not None else LogSink(config.log.target, config.log.format)
+    log = log if log is not None else LogSink.from_config(config.log)
     backends: dict[str, BackendRuntime] = {}
     for backend_config in config.backends:
         backends[backend_config.name] = await resolve_backend(backend_config)

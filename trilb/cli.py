@@ -87,6 +87,23 @@ def _parser() -> argparse.ArgumentParser:
     certs_cmd.add_argument(
         "--key-type", choices=("ecdsa", "rsa"), default="ecdsa", help="(default ecdsa)"
     )
+    ctl_cmd = commands.add_parser(
+        "ctl",
+        help="send a command to a running balancer's admin socket (trilb ctl help lists them)",
+    )
+    where = ctl_cmd.add_mutually_exclusive_group()
+    where.add_argument(
+        "--socket", metavar="PATH", help="the admin socket (default /run/trilb/admin.sock)"
+    )
+    where.add_argument(
+        "-c", "--config", metavar="CONFIG", help="use the [admin] socket of this config file"
+    )
+    ctl_cmd.add_argument(
+        "words",
+        nargs="+",
+        metavar="COMMAND",
+        help='e.g. "show stat", "set server app/s1 weight 50%%"',
+    )
     return parser
 
 
@@ -112,9 +129,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _check(args.config)
     if args.command == "serve":
         config = load_config(args.config)
-        log = LogSink(config.log.target, config.log.format, verbosity=verbosity)
+        log = LogSink.from_config(config.log, verbosity=verbosity)
         start: StartBalancer = functools.partial(serve, config, log=log)
-        trio.run(_run_until_signalled, start, log, args.grace)
+        try:
+            trio.run(_run_until_signalled, start, log, args.grace)
+        finally:
+            log.close()
         return EXIT_OK
     if args.command == "demo":
         from .demo import run_demo
@@ -132,6 +152,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         for line in explain_request(config, args.request, args.header, args.src):
             print(line)
+        return EXIT_OK
+    if args.command == "ctl":
+        from .ctl import ctl
+
+        answer = ctl(args.socket, args.config, args.words)
+        if answer:
+            print(answer)
         return EXIT_OK
     if args.command == "certs":
         from .devcerts import describe, write_dev_certs
@@ -184,8 +211,9 @@ def _print_config_errors(path: str, exc: ConfigError) -> None:
 
 
 async def _run_until_signalled(start: StartBalancer, log: LogSink, grace: float) -> None:
-    """Run the balancer; the first SIGINT/SIGTERM drains it, a second one stops it at once."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """Run the balancer; the first SIGINT/SIGTERM drains it, a second one stops it at once.
+    SIGUSR2 reopens the log file (after logrotate moved it)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR2) as signals:
         async with trio.open_nursery() as nursery:
             lb: Balancer = await nursery.start(start)
 
@@ -195,7 +223,10 @@ async def _run_until_signalled(start: StartBalancer, log: LogSink, grace: float)
 
             async def watch_signals() -> None:
                 async for signum in signals:
-                    if not lb.draining:
+                    if signum == signal.SIGUSR2:
+                        log.reopen()
+                        log.info("SIGUSR2 received: log target reopened")
+                    elif not lb.draining:
                         log.info(
                             f"{signal.Signals(signum).name} received: draining (again to stop now)"
                         )

@@ -85,6 +85,8 @@ class FrontendRuntime:
         #: the cancel scopes of connections idling between requests, cancelled by a drain
         self.idle_scopes: set[trio.CancelScope] = set()
         self.connections_done = trio.Event()
+        #: the client connections being served, by connection id (``show sessions``)
+        self.sessions: dict[int, ClientSession] = {}
         self._slots = slots  # shared by every frontend of the balancer
         self._addresses = tuple(_listener_address(listener) for listener in listeners)
         #: status -> page, read once at start from ``error_pages``
@@ -163,12 +165,13 @@ class FrontendRuntime:
         peer = _peer(peer_name)
         try:
             if self.tls is None:
-                await ClientSession(stream, self, peer, local_port, self._local_host).run()
-                return
-            handshake = await self._handshake(stream, self.tls, peer)
-            if handshake is not None:
+                session = ClientSession(stream, self, peer, local_port, self._local_host)
+            else:
+                handshake = await self._handshake(stream, self.tls, peer)
+                if handshake is None:
+                    return
                 client, subject, sni = handshake
-                await ClientSession(
+                session = ClientSession(
                     client,
                     self,
                     peer,
@@ -177,12 +180,15 @@ class FrontendRuntime:
                     tls=True,
                     client_cert=subject,
                     sni=sni,
-                ).run()
+                )
+            self.sessions[conn_id] = session
+            await session.run()
         except Exception as exc:  # noqa: BLE001 - the error boundary of one connection
             self.log.error(f"frontend {self.name} connection #{conn_id}: internal error: {exc!r}")
             self.log.debug(traceback.format_exc())
             stream.close()
         finally:
+            self.sessions.pop(conn_id, None)
             counters.current_connections -= 1
             self._slots.active -= 1
             self._slots.release()

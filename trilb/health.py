@@ -72,16 +72,16 @@ MAX_HEAD_SIZE = 16 * 1024
 
 def start_health_checks(
     nursery: trio.Nursery, backends: Iterable[BackendRuntime], log: LogSink
-) -> int:
+) -> list[ServerChecker]:
     """Start one check task in ``nursery`` for every server of every backend that has a
-    ``health_check``; returns how many were started.
+    ``health_check``; returns their checkers (to pause and resume them).
 
     Cancellation: the tasks run until ``nursery`` is cancelled (the balancer stops).
     Resource handling: every check closes its connection, however it ends.
     Error handling: a check never raises: errors are failed checks, logged with their reason.
     """
     insecure: ssl.SSLContext | None = None
-    count = 0
+    checkers = []
     for backend in backends:
         check = backend.config.health_check
         if check is None:
@@ -91,8 +91,8 @@ def start_health_checks(
         for server in backend.servers:
             checker = ServerChecker(backend, server, check, log, insecure_context=insecure)
             nursery.start_soon(checker.run, name=f"health check {backend.name}/{server.name}")
-            count += 1
-    return count
+            checkers.append(checker)
+    return checkers
 
 
 def _insecure_context() -> ssl.SSLContext:
@@ -141,13 +141,51 @@ class ServerChecker:
         self._phase = Reason.L4_TIMEOUT
         self._last: CheckResult | None = None
         self._last_internal_error = ""
+        # the operator's pause (``disable health``): the scope of the checks under way, and the
+        # event that ends the pause
+        self._paused = False
+        self._resumed = trio.Event()
+        self._scope: trio.CancelScope | None = None
         server.mark_down = self.force_down
 
     @property
     def name(self) -> str:
         return f"{self.backend.name}/{self.server.name}"
 
+    @property
+    def paused(self) -> bool:
+        """The operator stopped this server's checks (:meth:`pause`)."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Stop checking until :meth:`resume` (HAProxy's ``disable health``). A check under way
+        is abandoned and its outcome ignored. The server keeps its current UP or DOWN meanwhile:
+        passive checks (``observe``) do not take it DOWN either, since nothing would bring it
+        back."""
+        if self._paused:
+            return
+        self._paused = True
+        self._resumed = trio.Event()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def resume(self) -> None:
+        """Check again (the next check within an interval); the rise/fall counts go on from
+        where they were."""
+        if self._paused:
+            self._paused = False
+            self._resumed.set()
+
     async def run(self) -> None:
+        """Check until cancelled, pausing while the operator says so (:meth:`pause`)."""
+        while True:
+            if self._paused:
+                await self._resumed.wait()
+            with trio.CancelScope() as self._scope:
+                await self._check_forever()
+            self._scope = None
+
+    async def _check_forever(self) -> None:
         """Check forever, each check ``next_interval`` after the previous one ended.
 
         The first check comes at a random moment within the first interval (``fast_interval``:
@@ -189,8 +227,9 @@ class ServerChecker:
 
     def force_down(self, why: str) -> None:
         """Passive checks saw too many errors: the server is DOWN now, and stays so until its
-        active checks have passed ``rise`` times (HAProxy's ``on-error mark-down``)."""
-        if not self.state.up:
+        active checks have passed ``rise`` times (HAProxy's ``on-error mark-down``). Not while
+        the checks are paused: nothing would bring the server back."""
+        if not self.state.up or self._paused:
             return
         self.state = HealthState(self.check.rise, self.check.fall, up=False)
         self.server.up = False

@@ -352,7 +352,9 @@ class Exchange:
                 f"(attempt {failures} of {retries + 1}): {exc or type(exc).__name__}"
             )
             if failures > retries:
-                return await self._answer_error(503, "SC", "no server could be reached")
+                # HAProxy's words: "sC" timeout connect struck, "SC" refused (or another error)
+                code = "sC" if isinstance(exc, TimeoutError) else "SC"
+                return await self._answer_error(503, code, "no server could be reached")
             record.retries += 1
             raise _Retry(failures, stale=False) from None
         if not has_host:
@@ -401,6 +403,7 @@ class Exchange:
         self.scope = trio.CancelScope()  # one per attempt: a scope can be entered only once
         self._deadline = math.inf
         server.exchanges.add(self)
+        sent_at = time.monotonic()  # (for the response time histograms)
         try:
             with self.scope:
                 if self.request_done:
@@ -432,8 +435,12 @@ class Exchange:
         backend.observe(server, not failed, f"status {status}")
         counters.count_response(record.status)
         backend.counters.count_response(record.status)
+        now = time.monotonic()
+        if status != 101 and self.request.method != b"CONNECT":  # (not the tunnels' lifetimes)
+            server.response_time.observe(now - sent_at)
+            backend.response_time.observe(now - sent_at)
         if server_reusable and self.request_done:
-            for old in server.pool.put(upstream, time.monotonic()):
+            for old in server.pool.put(upstream, now):
                 old.close()
         else:
             upstream.close()

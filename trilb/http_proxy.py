@@ -75,6 +75,7 @@ class ClientSession:
     """One client connection, from accept to close."""
 
     __slots__ = (
+        "accepted",
         "buffer",
         "cert_header",
         "client_cert",
@@ -87,6 +88,8 @@ class ClientSession:
         "local_host",
         "local_port",
         "log",
+        "request",
+        "requests",
         "sni",
         "stream",
         "timeouts",
@@ -117,6 +120,13 @@ class ClientSession:
         self.timeouts = frontend.config.timeouts
         self.limits = frontend.config.limits
         self.buffer = bytearray()  # received, not yet parsed (the next pipelined request)
+        counters = frontend.counters  # (the frontend counted this connection in; its peak here)
+        if counters.current_connections > counters.peak_connections:
+            counters.peak_connections = counters.current_connections
+        #: for ``show sessions``: when it started (monotonic), requests answered, the one under way
+        self.accepted = time.monotonic()
+        self.requests = 0
+        self.request: RequestLog | None = None
         self.log = frontend.log
         #: with client certificates configured, the header that carries the verified subject:
         #: (lower-case name, name, value or None); a client-sent header of that name never passes
@@ -169,9 +179,14 @@ class ClientSession:
         record.request_line = f"{method} {target} HTTP/{request.http_version.decode('ascii')}"
         fe.counters.total_requests += 1
         fe.counters.current_requests += 1
+        if fe.counters.current_requests > fe.counters.peak_requests:
+            fe.counters.peak_requests = fe.counters.current_requests
+        self.request = record
         try:
             keep = await self._dispatch(parsed, record)
         finally:
+            self.request = None
+            self.requests += 1
             fe.counters.current_requests -= 1
             record.t_active = millis(started, time.monotonic())
             record.feconn = fe.counters.current_connections

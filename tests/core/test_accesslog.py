@@ -1,4 +1,5 @@
-"""Access log formatting: HAProxy's httplog line and the JSON form (pure, deterministic)."""
+"""Access log formatting: HAProxy's httplog line, the JSON form and templates (pure,
+deterministic)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from typing import Any
 import attrs
 import pytest
 
-from trilb.core.accesslog import AccessLogFormatter, RequestLog, millis
+from trilb.core.accesslog import (
+    HAPROXY_TEMPLATE,
+    TEMPLATE_VARIABLES,
+    AccessLogFormatter,
+    RequestLog,
+    TemplateError,
+    millis,
+)
 
 #: 2023-11-14 22:13:20.125 UTC; .125 is exact in binary, so the milliseconds are no rounding guess
 EPOCH = 1_700_000_000.125
@@ -231,3 +239,91 @@ def test_unknown_format(fmt: str) -> None:
 )
 def test_millis(start: float | None, end: float | None, expected: int) -> None:
     assert millis(start, end) == expected
+
+
+# -- templates (HAProxy's log-format variables) ---------------------------------------------------
+
+
+@pytest.mark.usefixtures("tz")
+def test_haproxy_template_gives_the_haproxy_line() -> None:
+    """HAProxy's own definition of ``option httplog`` as a template: the same line."""
+    for record in (full_record(), full_record(tls=True, status=503, termination="SC")):
+        templated = AccessLogFormatter(template=HAPROXY_TEMPLATE).format(record)
+        assert templated == AccessLogFormatter("haproxy").format(record)
+
+
+@pytest.mark.usefixtures("tz")
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("%ci %cp %ST %Ta %r", "10.1.2.3 51234 200 9 GET /index.html?q=1 HTTP/1.1"),
+        ("[%t] [%tr] %Ts", "[15/Nov/2023:00:13:20.125] [15/Nov/2023:00:13:20.125] 1700000000"),
+        ("%f %ft %b %s", "web web app s1"),
+        ("%TR/%Tw/%Tc/%Tr/%Ta", "1/0/2/7/9"),
+        ("%B %U %CC %CS", "1536 80 - -"),
+        ("%ts %tsc", "-- ----"),
+        ("%ac/%fc/%bc/%sc/%rc %sq/%bq", "3/2/1/1/0 0/0"),
+        ("%HM|%HU|%HP|%HQ|%HV", "GET|/index.html?q=1|/index.html|?q=1|HTTP/1.1"),
+        ("%ID", "-"),
+        ("%{+Q}r", '"GET /index.html?q=1 HTTP/1.1"'),
+        ("%{+Q}ci:%{+E}s", '"10.1.2.3":s1'),
+        ("%{+Q,+E}b", '"app"'),
+        ("100%% of %ST", "100% of 200"),
+        ("no variables", "no variables"),
+        ("", ""),
+        ('{"client":"%ci","status":%ST,"ms":%Ta}', '{"client":"10.1.2.3","status":200,"ms":9}'),
+    ],
+)
+def test_template_variables(template: str, expected: str) -> None:
+    assert AccessLogFormatter(template=template).format(full_record()) == expected
+
+
+@pytest.mark.usefixtures("tz")
+def test_template_values_that_vary() -> None:
+    record = full_record(
+        tls=True,
+        request_id="abc-123",
+        request_line='GET /a"b HTTP/1.0',
+        server="<NOSRV>",
+        t_connect=-1,
+        termination="CD",
+    )
+    formatter = AccessLogFormatter(template="%ft %s %Tc %tsc %ID %{+Q}r %HP %HQ")
+    assert formatter.format(record) == 'web~ <NOSRV> -1 CD-- abc-123 "GET /a\\"b HTTP/1.0" /a"b '
+    bad = full_record(request_line="<BADREQ>")
+    # (%HQ is empty without a query string, as in HAProxy)
+    assert AccessLogFormatter(template="%HM|%HU|%HP|%HQ|%HV").format(bad) == "-|-|-||-"
+
+
+def test_every_documented_variable_compiles() -> None:
+    template = " ".join(f"%{name}" for name in TEMPLATE_VARIABLES)
+    assert len(AccessLogFormatter(template=template).format(full_record()).split(" ")) >= len(
+        TEMPLATE_VARIABLES
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("%ci %xyz", "unknown variable %xyz (at position 5)"),
+        ("%cix", "unknown variable %cix"),
+        ("%Tt", "unknown variable %Tt"),
+        ("%hr", "unknown variable %hr"),
+        ("50%", "a % must start a variable (at position 3); write %% for a percent sign"),
+        ("% ST", "a % must start a variable (at position 1)"),
+        ("%[src]", "sample expressions %[...] are not supported"),
+        ("%{+X}r", "unknown flag '+X' for %r"),
+        ("%{}r", "unknown flag '' for %r"),
+        ("a\nb", "must be one line"),
+    ],
+)
+def test_template_errors(template: str, message: str) -> None:
+    with pytest.raises(TemplateError) as caught:
+        AccessLogFormatter(template=template)
+    assert message in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_template_error_lists_the_known_variables() -> None:
+    with pytest.raises(TemplateError, match="known: %ci %cp %t "):
+        AccessLogFormatter(template="%nope")
