@@ -18,6 +18,7 @@ import trio
 from ._version import __version__
 from .balancer import Balancer, load_frontend_tls, serve
 from .config import Config, load_config
+from .core.accesslog import AccessLogFormatter
 from .errors import ConfigError, TrilbError
 from .logsink import NORMAL, QUIET, VERBOSE, LogSink
 from .rules import compile_rules
@@ -190,6 +191,10 @@ def _check(path: str) -> int:
     config = load_config(path)
     load_frontend_tls(config)  # certificate files are part of the configuration
     compile_rules(config)  # and so are the routes' regular expressions and address ranges
+    try:
+        AccessLogFormatter(config.log.format, config.log.template)  # and the log template
+    except ValueError as exc:
+        raise ConfigError.single("log.template", str(exc)) from None
     print(f"{path}: configuration is valid ({_summary(config)})")
     return EXIT_OK
 
