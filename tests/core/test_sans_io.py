@@ -8,6 +8,7 @@ import sys
 import pytest
 
 CORE_MODULES = [
+    "trilb.core.admin_commands",
     "trilb.core.accesslog",
     "trilb.core.balance",
     "trilb.core.framing",
