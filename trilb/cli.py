@@ -112,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except BrokenPipeError:
+        # the reader went away (``trilb route ... | head``): nothing more to say, no traceback
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_OK
     except TrilbError as exc:
@@ -217,8 +221,10 @@ def _print_config_errors(path: str, exc: ConfigError) -> None:
 
 async def _run_until_signalled(start: StartBalancer, log: LogSink, grace: float) -> None:
     """Run the balancer; the first SIGINT/SIGTERM drains it, a second one stops it at once.
-    SIGUSR2 reopens the log file (after logrotate moved it)."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR2) as signals:
+    SIGUSR2 reopens the log file (after logrotate moved it). SIGHUP (reload) is not supported
+    yet: it is logged and ignored rather than killing the process."""
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP)
+    with trio.open_signal_receiver(*watched) as signals:
         async with trio.open_nursery() as nursery:
             lb: Balancer = await nursery.start(start)
 
@@ -231,6 +237,8 @@ async def _run_until_signalled(start: StartBalancer, log: LogSink, grace: float)
                     if signum == signal.SIGUSR2:
                         log.reopen()
                         log.info("SIGUSR2 received: log target reopened")
+                    elif signum == signal.SIGHUP:
+                        log.warning("SIGHUP received: reloading is not supported yet; ignored")
                     elif not lb.draining:
                         log.info(
                             f"{signal.Signals(signum).name} received: draining (again to stop now)"

@@ -36,7 +36,9 @@ def explain_request(
     fields = [_header(h) for h in headers]
     scheme, host, port, target = _split_url(url, fields)
     if host is not None and not any(n.lower() == b"host" for n, _ in fields):
-        fields.insert(0, (b"Host", host.encode()))
+        default_port = 443 if scheme == "https" else 80
+        authority = host if port == default_port else f"{host}:{port}"
+        fields.insert(0, (b"Host", authority.encode()))
     frontend = _frontend(config, scheme, port)
     lines = [f"frontend: {frontend.name} ({scheme}, port {port})"]
     view = RequestView(
@@ -73,7 +75,7 @@ def explain_request(
     backend = config.backend(backend_name)
     lines.append(f"backend: {backend.name} (balance {backend.balance})")
     lines.append(f"server: {_server(backend, view, fields)}")
-    return lines + _header_edits(frontend, backend, view, fields, rules, scheme)
+    return lines + _header_edits(frontend, backend, view, fields, rules, scheme, port)
 
 
 def _header(text: str) -> tuple[bytes, bytes]:
@@ -143,8 +145,8 @@ def _header_edits(
     fields: list[tuple[bytes, bytes]],
     rules: CompiledRules,
     scheme: str,
+    port: int,
 ) -> list[str]:
-    port = 443 if scheme == "https" else 80
     forwarded = Forwarded(view.client_ip, scheme, port) if frontend.forwarded_for else None
     forward = fields
     if backend.cookie is not None:  # insert mode hides trilb's cookie, prefix strips its prefix

@@ -115,3 +115,12 @@ def test_a_request_it_cannot_read_is_one_error_line(
     assert err.startswith("trilb: error: the request must look like")
     assert main(["route", config, "GET https://x/", "-H", "no colon"]) == 1
     assert "Name: value" in capsys.readouterr().err
+
+
+def test_forwarded_host_and_port_follow_the_url(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines = route(capsys, config, "GET https://blog.example.com:8443/p HTTP/1.1")
+    assert code == 0
+    assert "  + X-Forwarded-Host: blog.example.com:8443" in lines
+    assert "  + X-Forwarded-Port: 8443" in lines

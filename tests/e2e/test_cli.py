@@ -541,3 +541,12 @@ def test_demo_over_tls_with_its_dev_certificate(launch: Launch, tmp_path: Path) 
     assert redirect == f"301 https://127.0.0.1:{lb.port}/page?q=1"
     lb.signal(signal.SIGINT)
     assert lb.wait() == 0
+
+
+def test_sighup_is_logged_and_ignored_until_reload_exists(serve: ServeFactory) -> None:
+    lb = serve()
+    lb.signal(signal.SIGHUP)
+    lb.wait_output(r"warning: SIGHUP received: reloading is not supported yet; ignored")
+    assert get(lb.url("/after-hup")).status_code == 200  # still serving
+    lb.signal(signal.SIGTERM)
+    assert lb.wait() == 0
