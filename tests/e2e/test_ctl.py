@@ -17,80 +17,26 @@ import json
 import os
 import re
 import signal
-import socket
 import stat
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import attrs
 import httpx
 import pytest
+from e2e_support import (
+    STARTUP_TIMEOUT,
+    TRILB,
+    free_port,
+    start_backend_process,
+    stop_process,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
-#: how long any subprocess may take to become ready on a loaded machine
-STARTUP_TIMEOUT = 15.0
-
-BACKEND_SCRIPT = r"""
-import os
-import sys
-from pathlib import Path
-
-import h11
-import trio
-
-DIR = Path(sys.argv[1])
-NAME = sys.argv[2]
-
-
-async def handle(stream):
-    conn = h11.Connection(h11.SERVER)
-    target = ""
-    try:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Request):
-                target = event.target.decode()
-            elif isinstance(event, h11.EndOfMessage):
-                if target.startswith("/slow"):
-                    (DIR / f"{NAME}.slow").touch()
-                    # a backend, not a test: polling the file system is its way to be told
-                    while not (DIR / "release").exists():
-                        await trio.sleep(0.02)
-                body = f"{NAME} {target}\n".encode()
-                headers = [("Content-Length", str(len(body))), ("X-Served-By", NAME)]
-                out = conn.send(h11.Response(status_code=200, headers=headers))
-                out += conn.send(h11.Data(data=body))
-                out += conn.send(h11.EndOfMessage())
-                await stream.send_all(out)
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-            elif isinstance(event, h11.ConnectionClosed):
-                return
-    except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-        return
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-async def main():
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    tmp = DIR / f"{NAME}.port.tmp"
-    tmp.write_text(str(port))
-    os.replace(tmp, DIR / f"{NAME}.port")
-    await trio.serve_listeners(handle, listeners)
-
-
-trio.run(main)
-"""
 
 CONFIG = """
 [admin]
@@ -107,35 +53,6 @@ servers = [
   {{ name = "b2", address = "127.0.0.1:{b2}" }},
 ]
 """
-
-TRILB = [sys.executable, "-m", "trilb"]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate (then kill) a subprocess we started, and reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def get(url: str) -> httpx.Response:
@@ -207,21 +124,12 @@ def run_trilb(*args: str, cwd: Path) -> Result:
 @pytest.fixture
 def backends(tmp_path: Path) -> Iterator[dict[str, int]]:
     """Backends b1 and b2 as subprocesses: their ports by name."""
-    script = tmp_path / "backend.py"
-    script.write_text(BACKEND_SCRIPT)
     procs: list[subprocess.Popen[bytes]] = []
     ports = {}
     try:
         for name in ("b1", "b2"):
-            port_file = tmp_path / f"{name}.port"
-            proc = subprocess.Popen(
-                [sys.executable, str(script), str(tmp_path), name],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-            )
+            proc, ports[name] = start_backend_process(tmp_path, name)
             procs.append(proc)
-            wait_for(port_file.exists, STARTUP_TIMEOUT, f"backend {name} to listen")
-            ports[name] = int(port_file.read_text())
         yield ports
     finally:
         for proc in procs:

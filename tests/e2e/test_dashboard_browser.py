@@ -21,7 +21,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e_support import free_port, start_backend_process, stop_process
+from e2e_support import wait_for as poll
 
 pytestmark = pytest.mark.e2e
 
@@ -39,85 +40,18 @@ STEP_TIMEOUT = 30.0
 
 USER, PASSWORD = "admin", "s3cret"
 
-BACKEND_SCRIPT = r"""
-import os
-import sys
-from pathlib import Path
-
-import h11
-import trio
-
-DIR = Path(sys.argv[1])
-NAME = sys.argv[2]
-STATUS = {"/missing": 404, "/fail": 503}
-
-
-async def handle(stream):
-    conn = h11.Connection(h11.SERVER)
-    target = ""
-    try:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Request):
-                target = event.target.decode()
-            elif isinstance(event, h11.EndOfMessage):
-                body = f"{NAME} {target}\n".encode()
-                headers = [("Content-Length", str(len(body)))]
-                status = STATUS.get(target, 200)
-                out = conn.send(h11.Response(status_code=status, headers=headers))
-                out += conn.send(h11.Data(data=body))
-                out += conn.send(h11.EndOfMessage())
-                await stream.send_all(out)
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-            elif isinstance(event, h11.ConnectionClosed):
-                return
-    except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-        return
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-async def main():
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    tmp = DIR / f"{NAME}.port.tmp"
-    tmp.write_text(str(port))
-    os.replace(tmp, DIR / f"{NAME}.port")
-    await trio.serve_listeners(handle, listeners)
-
-
-trio.run(main)
-"""
-
 
 def wait_for(condition: Any, what: str, timeout: float = STEP_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
+    poll(condition, timeout, what)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc)
 
 
 def refused_port() -> int:
     """A port nothing listens on (a server there is DOWN)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_port()
 
 
 @pytest.fixture
@@ -129,17 +63,9 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def start_backend(tmp_path: Path, name: str, processes: list[subprocess.Popen[bytes]]) -> int:
-    script = tmp_path / "backend.py"
-    script.write_text(BACKEND_SCRIPT)
-    port_file = tmp_path / f"{name}.port"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path), name],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-    )
+    proc, port = start_backend_process(tmp_path, name)
     processes.append(proc)
-    wait_for(port_file.exists, f"backend {name} to listen")
-    return int(port_file.read_text())
+    return port
 
 
 def start_trilb(tmp_path: Path, processes: list[subprocess.Popen[bytes]]) -> tuple[str, str]:

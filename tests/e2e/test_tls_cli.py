@@ -14,11 +14,8 @@ from __future__ import annotations
 import datetime
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -26,71 +23,21 @@ import httpx
 import pytest
 import trustme
 from cryptography import x509
+from e2e_support import (
+    STARTUP_TIMEOUT,
+    TRILB,
+    free_port,
+    start_backend_process,
+    stop_process,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
-#: how long any subprocess may take to become ready on a loaded machine
-STARTUP_TIMEOUT = 15.0
+
 #: bound on one run of curl or openssl
 TOOL_TIMEOUT = 30.0
 
-BACKEND_SCRIPT = r"""
-import os
-import sys
-from pathlib import Path
-
-import h11
-import trio
-
-DIR = Path(sys.argv[1])
-NAME = sys.argv[2]
-
-
-async def handle(stream):
-    conn = h11.Connection(h11.SERVER)
-    target, proto = "", "-"
-    try:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Request):
-                target = event.target.decode()
-                proto = "-"
-                for name, value in event.headers:
-                    if name == b"x-forwarded-proto":
-                        proto = value.decode()
-            elif isinstance(event, h11.EndOfMessage):
-                body = f"{NAME} {target} {proto}\n".encode()
-                headers = [("X-Served-By", NAME)]
-                if not target.startswith("/no-length"):
-                    headers.append(("Content-Length", str(len(body))))
-                out = conn.send(h11.Response(status_code=200, headers=headers))
-                out += conn.send(h11.Data(data=body))
-                out += conn.send(h11.EndOfMessage())
-                await stream.send_all(out)
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-            elif isinstance(event, h11.ConnectionClosed):
-                return
-    except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-        return
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-async def main():
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    port = listeners[0].socket.getsockname()[1]
-    tmp = DIR / f"{NAME}.port.tmp"
-    tmp.write_text(str(port))
-    os.replace(tmp, DIR / f"{NAME}.port")
-    await trio.serve_listeners(handle, listeners)
-
-
-trio.run(main)
-"""
 
 CONFIG = """
 [frontends.web]
@@ -110,42 +57,12 @@ forwarded_for = true
 servers = [{{ name = "b1", address = "127.0.0.1:{backend_port}" }}]
 """
 
-TRILB = [sys.executable, "-m", "trilb"]
-
 
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         pytest.fail(f"{name} is not installed: these tests need curl and openssl on the PATH")
     return path
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate (then kill) a subprocess we started, and reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (the caller retries if someone took it since)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run(args: Sequence[str], *, cwd: Path, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
@@ -203,22 +120,7 @@ class Site:
 
 
 def start_backend(folder: Path, name: str) -> tuple[subprocess.Popen[bytes], int]:
-    script = folder / "backend.py"
-    script.write_text(BACKEND_SCRIPT)
-    port_file = folder / f"{name}.port"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(folder), name],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-    )
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"backend {name} exited with {proc.returncode}")
-        return port_file.exists()
-
-    wait_for(ready, STARTUP_TIMEOUT, f"backend {name} to listen")
-    return proc, int(port_file.read_text())
+    return start_backend_process(folder, name, echo_proto=True)
 
 
 def plain_http_works(port: int) -> bool:
