@@ -48,6 +48,9 @@ class Scenario:
     close: bool  # "Connection: close": one TCP (and TLS) handshake per request
     tls: bool
     bulk: bool  # judged by bytes/s rather than requests/s
+    #: "tcp": through the proxies' TCP-mode (L4) frontends; "tcp-proxy": the same with a PROXY
+    #: protocol v2 header sent to the backends (which accept it); "": HTTP mode
+    layer4: str = ""
 
 
 SCENARIOS = {
@@ -59,6 +62,8 @@ SCENARIOS = {
         Scenario("https-small", "/small", 64, False, True, False),
         Scenario("https-1m", "/1m", 64, False, True, True),
         Scenario("https-newconn", "/small", 16, True, True, False),
+        Scenario("tcp-1m", "/1m", 64, False, False, True, layer4="tcp"),
+        Scenario("tcp-1m-proxy", "/1m", 64, False, False, True, layer4="tcp-proxy"),
     ]
 }
 
@@ -82,7 +87,18 @@ class Target:
     name: str
     http: int = field(default_factory=lambda: free_port())
     tls: int | None = field(default_factory=lambda: free_port())
+    #: the TCP-mode frontends (plain relay, and relay with send-proxy-v2); None: has none
+    tcp: int | None = field(default_factory=lambda: free_port())
+    tcp_proxy: int | None = field(default_factory=lambda: free_port())
     proc: subprocess.Popen[bytes] | None = None
+
+    def port(self, sc: Scenario) -> int | None:
+        """The port a scenario is aimed at on this target (None: not measured here)."""
+        if sc.layer4 == "tcp":
+            return self.tcp
+        if sc.layer4 == "tcp-proxy":
+            return self.tcp_proxy
+        return self.tls if sc.tls else self.http
 
 
 class StartError(Exception):
@@ -117,6 +133,7 @@ http {{
 """
 BACKEND_SERVER = """  server {{
     listen 127.0.0.1:{port};{tls}
+    listen 127.0.0.1:{pp} proxy_protocol;
     root {tmp}/www;
     location = /small {{ return 200 "hello world\\n"; }}
     location = /1m {{ }}
@@ -157,6 +174,18 @@ backend nginx
     balance roundrobin
     server b1 127.0.0.1:{b1}
     server b2 127.0.0.1:{b2}
+listen tcp
+    mode tcp
+    bind 127.0.0.1:{tcp}
+    balance roundrobin
+    server b1 127.0.0.1:{b1}
+    server b2 127.0.0.1:{b2}
+listen tcp_proxy
+    mode tcp
+    bind 127.0.0.1:{tcp_proxy}
+    balance roundrobin
+    server b1 127.0.0.1:{p1} send-proxy-v2
+    server b2 127.0.0.1:{p2} send-proxy-v2
 """
 TRILB = """[log]
 target = "none"
@@ -171,6 +200,30 @@ balance = "roundrobin"
 servers = [
   {{ name = "b1", address = "127.0.0.1:{b1}" }},
   {{ name = "b2", address = "127.0.0.1:{b2}" }},
+]
+
+[frontends.bench_tcp]
+bind = ["127.0.0.1:{tcp}"]
+mode = "tcp"
+default_backend = "nginx_tcp"
+
+[backends.nginx_tcp]
+mode = "tcp"
+servers = [
+  {{ name = "b1", address = "127.0.0.1:{b1}" }},
+  {{ name = "b2", address = "127.0.0.1:{b2}" }},
+]
+
+[frontends.bench_tcp_proxy]
+bind = ["127.0.0.1:{tcp_proxy}"]
+mode = "tcp"
+default_backend = "nginx_pp"
+
+[backends.nginx_pp]
+mode = "tcp"
+servers = [
+  {{ name = "b1", address = "127.0.0.1:{p1}", send_proxy = "v2" }},
+  {{ name = "b2", address = "127.0.0.1:{p2}", send_proxy = "v2" }},
 ]
 """
 TRILB_TLS = """
@@ -326,9 +379,22 @@ def make_files(tmp: Path) -> ssl.SSLContext:
     return ctx
 
 
-def proxy_command(t: Target, tmp: Path, b: tuple[int, int], args: argparse.Namespace) -> list[str]:
-    """Write the proxy's config (round-robin over both backends) and return its command line."""
-    ports = {"http": t.http, "tls": t.tls, "b1": b[0], "b2": b[1], "tmp": tmp}
+def proxy_command(
+    t: Target, tmp: Path, b: tuple[int, int, int, int], args: argparse.Namespace
+) -> list[str]:
+    """Write the proxy's config (round-robin over both backends) and return its command line.
+    ``b``: the backends' HTTP ports, then their PROXY-protocol ports."""
+    ports = {
+        "http": t.http,
+        "tls": t.tls,
+        "tcp": t.tcp,
+        "tcp_proxy": t.tcp_proxy,
+        "b1": b[0],
+        "b2": b[1],
+        "p1": b[2],
+        "p2": b[3],
+        "tmp": tmp,
+    }
     if t.name == "haproxy":
         (tmp / "haproxy.cfg").write_text(HAPROXY.format(**ports))
         return ["haproxy", "-db", "-f", str(tmp / "haproxy.cfg")]
@@ -422,13 +488,17 @@ class Bench:
     proxy_cpu: int = 0
     ctx: ssl.SSLContext | None = None
     backends: tuple[int, int] = (0, 0)
+    #: the backends' PROXY-protocol ports
+    proxy_backends: tuple[int, int] = (0, 0)
 
     def start_backends(self) -> Target:
         """Two nginx servers on the load CPU; the first one also speaks TLS (https 'direct')."""
-        direct, b2 = Target("direct"), free_port()
+        direct, b2 = Target("direct", tcp_proxy=None), free_port()
+        direct.tcp = direct.http  # (a TCP relay's physical limit: the backend itself)
+        p1, p2 = free_port(), free_port()
         tls = f"\n    listen 127.0.0.1:{direct.tls} ssl;"
-        servers = BACKEND_SERVER.format(port=direct.http, tls=tls, tmp=self.tmp)
-        servers += BACKEND_SERVER.format(port=b2, tls="", tmp=self.tmp)
+        servers = BACKEND_SERVER.format(port=direct.http, tls=tls, tmp=self.tmp, pp=p1)
+        servers += BACKEND_SERVER.format(port=b2, tls="", tmp=self.tmp, pp=p2)
         argv = write_nginx(self.tmp, "backends", servers)
         direct.proc = self.kids.start("backends", argv, self.load_cpu)
         try:
@@ -436,6 +506,7 @@ class Bench:
         except StartError as exc:
             raise SystemExit(f"backends failed: {exc}{self.kids.log_tail('backends')}") from None
         self.backends = (direct.http, b2)
+        self.proxy_backends = (p1, p2)
         return direct
 
     def wait_target(self, t: Target, *extra_http: int) -> None:
@@ -447,12 +518,16 @@ class Bench:
 
     def start_proxy(self, name: str) -> Target:
         """Start one proxy on the proxy CPU; one that is missing or broken is skipped, loudly."""
-        t = Target(name, tls=None) if name == "trilb" and not self.args.with_tls else Target(name)
+        t = Target(name)
+        if name == "trilb" and not self.args.with_tls:
+            t.tls = None
+        if name == "nginx":  # (its TCP proxy is the stream module, not configured here)
+            t.tcp = t.tcp_proxy = None
         if name != "trilb" and not shutil.which(name):
             raise StartError("not installed")
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         kw = {"cwd": REPO, "env": {**os.environ, "PYTHONPATH": path}} if name == "trilb" else {}
-        argv = proxy_command(t, self.tmp, self.backends, self.args)
+        argv = proxy_command(t, self.tmp, (*self.backends, *self.proxy_backends), self.args)
         t.proc = self.kids.start(name, argv, self.proxy_cpu, **kw)
         try:
             self.wait_target(t)
@@ -476,7 +551,7 @@ class Bench:
         rss: dict[str, int] = {}
         for sc in (SCENARIOS[n] for n in self.args.scenarios):
             for t in targets:
-                if (port := t.tls if sc.tls else t.http) is None:
+                if (port := t.port(sc)) is None:
                     continue
                 url = f"{'https' if sc.tls else 'http'}://127.0.0.1:{port}{sc.path}"
                 print(f"{sc.name:>14}  {t.name:<8} {url}", file=sys.stderr, flush=True)

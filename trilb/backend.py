@@ -7,7 +7,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Container, Sequence
-from typing import Protocol, overload
+from typing import NamedTuple, Protocol, overload
 
 import attrs
 import trio
@@ -21,7 +21,7 @@ from .net import connect
 from .pool import IdlePool, ServerConnection
 from .stats import BackendStatistics, Counters, Histogram, ServerStatistics, StateHistory
 
-__all__ = ["BackendRuntime", "ServerRuntime", "resolve_backend"]
+__all__ = ["BackendRuntime", "NoServer", "ServerRuntime", "resolve_backend"]
 
 
 class ServerRuntime:
@@ -136,10 +136,19 @@ class ServerRuntime:
             return "DOWN"
         return "DRAIN" if self._admin_state == "drain" else "UP"
 
-    async def connect(self) -> ServerConnection:
+    async def connect(self, proxy_header: bytes = b"") -> ServerConnection:
         """A new connection (the caller bounds the wait, handshake included); OSError when it
-        can't be made, a failed TLS handshake (an untrusted certificate) included."""
+        can't be made, a failed TLS handshake (an untrusted certificate) included.
+        ``proxy_header`` (``send_proxy``) goes first, before any TLS."""
         transport = await connect(self.family, self.sockaddr)
+        if proxy_header:
+            try:
+                await transport.send_all(proxy_header)
+            except BaseException as exc:
+                transport.close()
+                if isinstance(exc, trio.BrokenResourceError):
+                    raise OSError(f"sending the PROXY header failed: {exc}") from None
+                raise
         if self.tls_context is None:
             return ServerConnection(transport)
         stream = trio.SSLStream(transport, self.tls_context, server_hostname=self.tls_name)
@@ -175,6 +184,13 @@ class ServerRuntime:
 class Killable(Protocol):
     def kill(self) -> None:
         """Cut the request short: its server was marked DOWN."""
+
+
+class NoServer(NamedTuple):
+    """Why no server could be had: HAProxy's termination code and the words for the log."""
+
+    termination: str
+    reason: str
 
 
 class RequestQueue:
@@ -360,6 +376,34 @@ class BackendRuntime:
         if self.config.on_marked_down == "shutdown-sessions":
             for exchange in list(server.exchanges):
                 exchange.kill()
+
+    async def wait_for_server(
+        self, tried: Container[int], key: RequestKey | None, sticky_index: int | None = None
+    ) -> ServerRuntime | NoServer:
+        """The server for the next attempt: the sticky one if it may take it, else the
+        algorithm's pick; when every usable server is full, wait in the queue (first come, first
+        served: while anyone waits, newcomers queue too) for up to ``timeout_queue``."""
+        while True:
+            server = None
+            if sticky_index is not None and not tried:
+                server = self.sticky_server(sticky_index)
+            if server is None and not self.queue.waiting:
+                server = self.pick(tried, key)
+            if server is not None:
+                return server
+            if not self.waits_for_a_slot():
+                return NoServer("SC", "no server available")
+            admitted = True
+            with trio.move_on_after(self.config.timeouts.queue) as waited:
+                admitted = await self.queue.wait()
+            if not admitted:
+                return NoServer("PQ", "no server slot (queue full)")
+            if waited.cancelled_caught:
+                return NoServer("sQ", "no server slot (queue timeout)")
+            server = self.pick(tried, key)
+            if server is not None:
+                return server
+            self.queue.wake_next()  # let the next one try its luck
 
     def waits_for_a_slot(self) -> bool:
         """Some server could take the request but is full: wait in the queue (not 503)."""

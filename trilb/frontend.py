@@ -8,13 +8,16 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .config import Address, FrontendConfig
+from .config import Address, FrontendConfig, Match
+from .core.proxy_protocol import ProxyHeader
 from .core.http1 import response_head
 from .core.responses import error_body, raw_error_response
 from .errors import StartupError
 from .http_proxy import ClientSession
 from .net import TCPListener, TCPStream, bind_tcp, bind_unix
+from .proxy_header import ProxyHeaderFailed, TrustedSources, read_proxy_header
 from .stats import Counters, FrontendStatistics
+from .tcp_proxy import TCPSession
 from .tls import HandshakeFailed, HandshakeRecord, ServerTLS, server_handshake
 
 if TYPE_CHECKING:
@@ -78,6 +81,14 @@ class FrontendRuntime:
         self.response_rules: tuple[CompiledHeaderRule, ...] = ()
         #: the HTTPS port that ``redirect_https`` sends clients to (set once all frontends bound)
         self.redirect_port: int | None = None
+        #: ``accept_proxy``: the sources whose connections start with a PROXY header
+        self.proxy_sources = (
+            TrustedSources(config.trusted_proxies) if config.accept_proxy else None
+        )
+        #: TCP mode, TLS passthrough: routes look at the ClientHello's server name
+        self.tcp_needs_sni = config.mode == "tcp" and any(
+            _uses_sni(route.match) for route in config.routes
+        )
         self.listeners = listeners
         self.log = log
         self.counters = Counters()
@@ -86,7 +97,7 @@ class FrontendRuntime:
         self.idle_scopes: set[trio.CancelScope] = set()
         self.connections_done = trio.Event()
         #: the client connections being served, by connection id (``show sessions``)
-        self.sessions: dict[int, ClientSession] = {}
+        self.sessions: dict[int, ClientSession | TCPSession] = {}
         self._slots = slots  # shared by every frontend of the balancer
         self._addresses = tuple(_listener_address(listener) for listener in listeners)
         #: status -> page, read once at start from ``error_pages``
@@ -163,24 +174,53 @@ class FrontendRuntime:
         self._next_id += 1
         conn_id = self._next_id
         peer = _peer(peer_name)
+        destination = None
+        session: ClientSession | TCPSession
         try:
+            if self.proxy_sources is not None and peer[0] in self.proxy_sources:
+                header = await self._proxy_header(stream, peer)
+                if header is None:
+                    return
+                if not header.local and header.source is not None:
+                    peer, destination = header.source, header.destination
+                    if destination is not None:
+                        local_port = destination[1]
             if self.tls is None:
-                session = ClientSession(stream, self, peer, local_port, self._local_host)
+                if self.config.mode == "tcp":
+                    session = TCPSession(stream, self, peer, destination=destination)
+                else:
+                    session = ClientSession(
+                        stream, self, peer, local_port, self._local_host, destination=destination
+                    )
             else:
                 handshake = await self._handshake(stream, self.tls, peer)
                 if handshake is None:
                     return
                 client, subject, sni = handshake
-                session = ClientSession(
-                    client,
-                    self,
-                    peer,
-                    local_port,
-                    self._local_host,
-                    tls=True,
-                    client_cert=subject,
-                    sni=sni,
-                )
+                alpn = client.selected_alpn_protocol()
+                if self.config.mode == "tcp":
+                    session = TCPSession(
+                        client,
+                        self,
+                        peer,
+                        destination=destination,
+                        tls=True,
+                        sni=sni,
+                        alpn=alpn,
+                    )
+                else:
+                    session = ClientSession(
+                        client,
+                        self,
+                        peer,
+                        local_port,
+                        self._local_host,
+                        tls=True,
+                        client_cert=subject,
+                        sni=sni,
+                        alpn=alpn,
+                        destination=destination,
+                    )
             self.sessions[conn_id] = session
             await session.run()
         except Exception as exc:  # noqa: BLE001 - the error boundary of one connection
@@ -194,6 +234,22 @@ class FrontendRuntime:
             self._slots.release()
             if self.draining and counters.current_connections == 0:
                 self.connections_done.set()
+
+    async def _proxy_header(self, stream: TCPStream, peer: tuple[str, int]) -> ProxyHeader | None:
+        """``accept_proxy``: the PROXY header, within ``timeout_handshake``; None (logged,
+        closed) when none came."""
+        timeout = self.config.timeouts.handshake
+        try:
+            with trio.move_on_after(timeout):
+                return await read_proxy_header(stream)
+            raise ProxyHeaderFailed(f"no PROXY header within {timeout:g}s")
+        except ProxyHeaderFailed as failure:
+            stream.close()
+            self.counters.proxy_errors += 1
+            self.log.warning(
+                f"{peer[0]}:{peer[1]} frontend {self.name}: {failure}; connection dropped"
+            )
+            return None
 
     async def _handshake(
         self, stream: TCPStream, tls: ServerTLS, peer: tuple[str, int]
@@ -232,6 +288,14 @@ class FrontendRuntime:
             addresses=tuple(str(a) for a in self.addresses),
             traffic=self.counters.snapshot(),
         )
+
+
+def _uses_sni(match: Match | None) -> bool:
+    while match is not None:
+        if match.sni:
+            return True
+        match = match.not_
+    return False
 
 
 def _peer(name: object) -> tuple[str, int]:

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import h11
 import trio
 
+from .backend import NoServer
+from .config.model import DEFAULT_TUNNEL_TIMEOUT
 from .core.accesslog import RequestLog, millis
 from .core.balance import RequestKey
 from .core.headers import (
@@ -257,26 +259,11 @@ class Exchange:
         backend.counters.total_requests += 1
         queued_at = time.monotonic()
         while True:
-            server = None
-            if self.sticky_index is not None and not tried:
-                server = backend.sticky_server(self.sticky_index)
-            if server is None and not backend.queue.waiting:
-                server = backend.pick(tried, self._key())
-            if server is None:
-                if not backend.waits_for_a_slot():
-                    return await self._answer_error(503, "SC", "no server available")
-                admitted = True
-                with trio.move_on_after(backend.config.timeouts.queue) as waited:
-                    admitted = await backend.queue.wait()
-                if waited.cancelled_caught or not admitted:
+            server = await backend.wait_for_server(tried, self._key(), self.sticky_index)
+            if isinstance(server, NoServer):
+                if server.termination != "SC":  # (it waited in the queue)
                     record.t_queue = millis(queued_at, time.monotonic())
-                    if not admitted:
-                        return await self._answer_error(503, "PQ", "no server slot (queue full)")
-                    return await self._answer_error(503, "sQ", "no server slot (queue timeout)")
-                server = backend.pick(tried, self._key())
-                if server is None:
-                    backend.queue.wake_next()  # let the next one try its luck
-                    continue
+                return await self._answer_error(503, server.termination, server.reason)
             record.t_queue = millis(queued_at, time.monotonic())
             record.server = server.name
             tried.add(server.index)
@@ -375,16 +362,25 @@ class Exchange:
 
     async def _server_connection(self, server: ServerRuntime) -> tuple[ServerConnection, bool]:
         now = time.monotonic()
-        conn, stale = server.pool.take(now)
-        for old in stale:
-            old.close()
         record = self.record
+        header = b""
+        if server.config.send_proxy is None:
+            conn, stale = server.pool.take(now)
+            for old in stale:
+                old.close()
+        else:  # this client's own connection, if it has one
+            conn = self.session.private.pop(server, None)
+            if conn is not None and conn.looks_closed():
+                conn.close()
+                conn = None
+            if conn is None:
+                header = self.session.proxy_header(server.config.send_proxy)
         if conn is not None:
             record.t_connect = 0
             return conn, True
         timeout = self.backend.config.timeouts.connect
         with trio.move_on_after(timeout):
-            conn = await server.connect()
+            conn = await server.connect(header)
             record.t_connect = millis(now, time.monotonic())
             server.counters.total_connections += 1
             return conn, False
@@ -440,8 +436,11 @@ class Exchange:
             server.response_time.observe(now - sent_at)
             backend.response_time.observe(now - sent_at)
         if server_reusable and self.request_done:
-            for old in server.pool.put(upstream, now):
-                old.close()
+            if server.config.send_proxy is not None:
+                self.session.private[server] = upstream
+            else:
+                for old in server.pool.put(upstream, now):
+                    old.close()
         else:
             upstream.close()
         return self.keep_client and self.request_done
@@ -700,8 +699,8 @@ class Exchange:
         tunnel = Tunnel(
             session.stream,
             upstream.stream,
-            client_timeout=session.timeouts.tunnel,
-            server_timeout=self.backend.config.timeouts.tunnel,
+            client_timeout=session.timeouts.tunnel_or(DEFAULT_TUNNEL_TIMEOUT),
+            server_timeout=self.backend.config.timeouts.tunnel_or(DEFAULT_TUNNEL_TIMEOUT),
             from_client=from_client,
             from_server=from_server,
         )

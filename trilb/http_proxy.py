@@ -39,9 +39,12 @@ from .core.redirect import https_location, redirect_status
 from .core.routing import RequestView, redirect_location
 from .http_exchange import RECEIVE_SIZE, ClientGone, Exchange, ParsedRequest
 from .net import TCPStream
+from .proxy_header import header_for_server, local_address
 
 if TYPE_CHECKING:
+    from .backend import ServerRuntime
     from .frontend import FrontendRuntime
+    from .pool import ServerConnection
 
 __all__ = ["ClientSession"]
 
@@ -76,11 +79,13 @@ class ClientSession:
 
     __slots__ = (
         "accepted",
+        "alpn",
         "buffer",
         "cert_header",
         "client_cert",
         "client_ip",
         "client_port",
+        "destination",
         "forwarded",
         "frontend",
         "hsts",
@@ -88,6 +93,7 @@ class ClientSession:
         "local_host",
         "local_port",
         "log",
+        "private",
         "request",
         "requests",
         "sni",
@@ -107,6 +113,8 @@ class ClientSession:
         tls: bool = False,
         client_cert: str | None = None,
         sni: str | None = None,
+        alpn: str | None = None,
+        destination: tuple[str, int] | None = None,
     ) -> None:
         self.stream = stream
         self.frontend = frontend
@@ -114,6 +122,12 @@ class ClientSession:
         self.local_port = local_port
         #: what content switching may look at: the TLS server name, a verified client cert
         self.sni = sni
+        self.alpn = alpn
+        #: where the client connected to (from a PROXY header, else looked up when needed)
+        self.destination = destination
+        #: ``send_proxy`` servers' connections carry this client's address: kept for this
+        #: session only, never pooled for others (as HAProxy keeps them private)
+        self.private: dict[ServerRuntime, ServerConnection] = {}
         self.client_cert = client_cert
         self.local_host = local_host
         self.tls = tls
@@ -156,6 +170,9 @@ class ClientSession:
         except ClientGone:
             pass  # the client left between or inside a request head: nothing to answer
         finally:
+            for conn in self.private.values():
+                conn.close()
+            self.private.clear()
             await close_stream(self.stream)
 
     async def _serve_one(self, first: bool) -> bool:
@@ -416,6 +433,18 @@ class ClientSession:
                     discarded += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+    def proxy_header(self, version: str) -> bytes:
+        """The PROXY header a ``send_proxy`` server connection of this client starts with."""
+        if self.destination is None:
+            self.destination = local_address(self.stream)
+        return header_for_server(
+            version,
+            (self.client_ip, self.client_port),
+            self.destination,
+            authority=self.sni,
+            alpn=self.alpn,
+        )
 
     # -- moving bytes ----------------------------------------------------------------------------
 

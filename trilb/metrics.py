@@ -167,6 +167,12 @@ _FRONTEND_METRICS: list[tuple[str, str, str, Getter]] = [
         "TLS handshakes that failed or timed out.",
         lambda t: t.handshake_errors,
     ),
+    (
+        "proxy_protocol_errors_total",
+        "counter",
+        "Connections dropped without a valid PROXY protocol header.",
+        lambda t: t.proxy_errors,
+    ),
 ]
 #: (name after trilb_backend_ / trilb_server_, type, help, value)
 _SERVER_METRICS: list[tuple[str, str, str, Getter]] = [

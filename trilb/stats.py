@@ -58,6 +58,7 @@ class Counters:
         "current_connections",
         "current_requests",
         "handshake_errors",
+        "proxy_errors",
         "peak_connections",
         "peak_requests",
         "responses",
@@ -74,6 +75,7 @@ class Counters:
         self.bytes_out = 0  # to the client (frontend) / to the server (server)
         self.connect_errors = 0
         self.handshake_errors = 0  # failed or timed-out TLS handshakes (frontends)
+        self.proxy_errors = 0  # connections dropped without a valid PROXY header (accept_proxy)
         self.responses = [0, 0, 0, 0, 0, 0]  # other, 1xx, 2xx, 3xx, 4xx, 5xx
         #: the most connections / requests there were at once (HAProxy's "max sessions"); kept
         #: where the current counts go up
@@ -94,6 +96,7 @@ class Counters:
             bytes_out=self.bytes_out,
             connect_errors=self.connect_errors,
             handshake_errors=self.handshake_errors,
+            proxy_errors=self.proxy_errors,
             responses_1xx=r[1],
             responses_2xx=r[2],
             responses_3xx=r[3],
@@ -124,6 +127,8 @@ class TrafficStatistics:
     #: the most connections / requests in progress at once so far
     peak_connections: int = 0
     peak_requests: int = 0
+    #: connections dropped for want of a valid PROXY header (``accept_proxy``)
+    proxy_errors: int = 0
 
 
 class Histogram:

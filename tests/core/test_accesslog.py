@@ -307,7 +307,7 @@ def test_every_documented_variable_compiles() -> None:
     [
         ("%ci %xyz", "unknown variable %xyz (at position 5)"),
         ("%cix", "unknown variable %cix"),
-        ("%Tt", "unknown variable %Tt"),
+        ("%Tx", "unknown variable %Tx"),
         ("%hr", "unknown variable %hr"),
         ("50%", "a % must start a variable (at position 3); write %% for a percent sign"),
         ("% ST", "a % must start a variable (at position 1)"),

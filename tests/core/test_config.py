@@ -296,8 +296,12 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("bind-range-zero", web(bind="*:0-5"), "frontends.web.bind", 'a port range cannot start at port 0, got "*:0-5"'),
     ("bind-bad-ip", web(bind="[zz]:80"), "frontends.web.bind", '"zz" is not a valid IP address in "[zz]:80"'),
     ("bind-unix-no-path", web(bind="unix:"), "frontends.web.bind", 'a unix socket address needs a path, like "unix:/run/x.sock", got "unix:"'),
-    ("mode-tcp", web(mode="tcp"), "frontends.web.mode", f'"tcp" is {PLANNED}; supported now: "http"'),
-    ("mode-other", web(mode="https"), "frontends.web.mode", 'must be one of "http", got "https" (did you mean \'http\'?)'),
+    ("mode-tcp-http-backend", web(mode="tcp"), "frontends.web.default_backend", "backend 'app' is in mode 'http', the frontend in mode 'tcp'"),
+    ("mode-other", web(mode="https"), "frontends.web.mode", 'must be one of "http", "tcp", got "https" (did you mean \'http\'?)'),
+    ("accept-proxy-type", web(accept_proxy="yes"), "frontends.web.accept_proxy", 'must be true or false, got "yes"'),
+    ("trusted-proxies-alone", web(trusted_proxies=["10.0.0.0/8"]), "frontends.web.trusted_proxies", "only with accept_proxy = true"),
+    ("trusted-proxies-bad", web(accept_proxy=True, trusted_proxies=["10.0.0.0/33"]), "frontends.web.trusted_proxies", "'10.0.0.0/33' is not an IP address or CIDR range"),
+    ("trusted-proxies-type", web(accept_proxy=True, trusted_proxies=[8]), "frontends.web.trusted_proxies", 'must be an array of CIDRs like ["10.0.0.0/8"], got [8]'),
     ("default-backend-type", web(default_backend=5), "frontends.web.default_backend", "must be a non-empty string, got 5"),
     ("frontend-timeout", web(timeout_keep_alive="soon"), "frontends.web.timeout_keep_alive", 'got "soon"'),
     ("frontend-limit", web(max_headers="many"), "frontends.web.max_headers", 'must be an integer >= 1, got "many"'),
@@ -312,7 +316,6 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("redirect-https-on-tls", web(redirect_https={"port": 8443}, tls={"certificates": "a.pem"}), "frontends.web.redirect_https", "is for a plain HTTP frontend"),
     ("allow-connect", web(allow_connect="yes"), "frontends.web.allow_connect", 'must be true or false, got "yes"'),
     ("hsts-without-tls", web(hsts="max-age=60"), "frontends.web.hsts", "only for a TLS frontend"),
-    ("accept-proxy", web(accept_proxy=False), "frontends.web.accept_proxy", PLANNED),
     ("rate-limit", web(rate_limit={"requests": 100}), "frontends.web.rate_limit", PLANNED),
     ("tls-no-certificates", web(tls={}), "frontends.web.tls.certificates", "required"),
     ("tls-empty-certificates", web(tls={"certificates": []}), "frontends.web.tls.certificates", "at least one is required"),
@@ -349,7 +352,7 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("balance-header-bad-name", app(balance="header:X Y"), "backends.app.balance", 'needs a name after "header:"'),
     ("hash-type", app(hash_type="ring"), "backends.app.hash_type", 'must be one of "map-based", "consistent", got "ring"'),
     ("uri-whole", app(uri_whole="yes"), "backends.app.uri_whole", 'must be true or false, got "yes"'),
-    ("backend-mode-tcp", app(mode="tcp"), "backends.app.mode", PLANNED),
+    ("backend-mode-tcp", app(mode="tcp"), "frontends.web.default_backend", "backend 'app' is in mode 'tcp', the frontend in mode 'http'"),
     ("backend-retries", app(retries=True), "backends.app.retries", "must be an integer 0-100, got true"),
     ("backend-pool", app(pool_max_idle="8"), "backends.app.pool_max_idle", 'must be an integer >= 0, got "8"'),
     ("backend-timeout", app(timeout_server=30), "backends.app.timeout_server", "got 30"),
@@ -398,7 +401,7 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("server-tls-type", server(tls="yes"), "backends.app.servers[0].tls", 'must be true, false or a table like { verify = true, ca = "ca.pem" }, got "yes"'),
     ("server-tls-verify", server(tls={"verify": "no"}), "backends.app.servers[0].tls.verify", 'must be true or false, got "no"'),
     ("server-tls-typo", server(tls={"snl": "a"}), "backends.app.servers[0].tls.snl", "unknown key (did you mean 'sni'?)"),
-    ("send-proxy", server(send_proxy="v2"), "backends.app.servers[0].send_proxy", PLANNED),
+    ("send-proxy", server(send_proxy="v3"), "backends.app.servers[0].send_proxy", 'must be one of "v1", "v2", got "v3"'),
     # cross-references (model.reference_problems)
     ("default-backend-typo", web(default_backend="ap"), "frontends.web.default_backend", "no backend named 'ap' (did you mean 'app'?)"),
     ("default-backend-missing", web(default_backend=DELETE), "frontends.web.default_backend", "required: the backend that gets the traffic"),
@@ -431,7 +434,7 @@ def test_every_problem_is_reported_together() -> None:
     [frontends.web]
     bind = ["*:80", "nonsense"]
     default_backend = "wordpres"
-    accept_proxy = true
+    rate_limit = { requests = 100 }
     [backends.wordpress]
     servers = [
       { name = "wp1", address = "10.0.0.11:80", weight = 100 },
@@ -445,7 +448,7 @@ def test_every_problem_is_reported_together() -> None:
         'got "auto"',
         "defaults.timeout_conect: unknown key (did you mean 'timeout_connect'?)",
         'frontends.web.bind[1]: must be "host:port", got "nonsense" (no port)',
-        f"frontends.web.accept_proxy: {PLANNED}",
+        f"frontends.web.rate_limit: {PLANNED}",
         'backends.wordpress.servers[1].weight: must be an integer 0-256, got "heavy"',
         "frontends.web.default_backend: no backend named 'wordpres' (did you mean 'wordpress'?)",
         "backends.wordpress.servers[1].name: 'wp1' is used twice",

@@ -14,6 +14,7 @@ structural and reference problems in one go. A reference problem that only echoe
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from .model import (
     LOG_FORMATS,
     LOG_TARGETS,
     MODES,
+    PROXY_VERSIONS,
     SYSLOG_FACILITIES,
     TLS_VERSIONS,
     VERIFY_CLIENT,
@@ -74,6 +76,7 @@ from .reader import (
     _Table,
     _token,
 )
+from .health_keys import bytes_regex, check_type_keys, ehlo_domain, mysql_user, read_bytes
 from .route_loader import read_error_pages, read_header_rules, read_routes
 from .values import Address, parse_address
 
@@ -82,9 +85,9 @@ __all__ = ["load_config", "loads_config", "parse_config"]
 # Keys of the contract that a later version implements: named, so they are neither ignored nor
 # mistaken for typos.
 _PLANNED_TOP: tuple[str, ...] = ()
-_PLANNED_FRONTEND = ("accept_proxy", "rate_limit")
+_PLANNED_FRONTEND = ("rate_limit",)
 _PLANNED_BACKEND: tuple[str, ...] = ()
-_PLANNED_SERVER = ("send_proxy",)
+_PLANNED_SERVER: tuple[str, ...] = ()
 
 
 # The model's own defaults, read from instances so the loader never restates them.
@@ -169,6 +172,19 @@ def _workers(value: object) -> int:
     return _int(1)(value)
 
 
+def _networks(value: object) -> tuple[str, ...]:
+    """CIDRs like ["10.0.0.0/8", "::1"]: each checked here, kept as written."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f'must be an array of CIDRs like ["10.0.0.0/8"], got {_show(value)}')
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR range") from None
+    return tuple(items)
+
+
 def _list(value: object) -> list[Any]:
     if not isinstance(value, list):
         raise ValueError(f"must be an array of tables like [{_SERVER_SHAPE}], got {_show(value)}")
@@ -198,7 +214,8 @@ _ALPN = _choice(ALPN_PROTOCOLS, planned=("h2",))
 _TLS_VERSION = _choice(TLS_VERSIONS, planned=())
 _VERIFY_CLIENT = _choice(VERIFY_CLIENT)
 _POOL_MAX_IDLE = _int(0)
-_MODE = _choice(MODES, planned=("tcp",))
+_MODE = _choice(MODES)
+_SEND_PROXY = _choice(PROXY_VERSIONS)
 
 
 def _balance(value: object) -> str:
@@ -435,6 +452,8 @@ class _Loader:
             trust_request_id=table.get("trust_request_id", _bool, False),
             allow_connect=table.get("allow_connect", _bool, False),
             error_pages=read_error_pages(table, self.resolve),
+            accept_proxy=table.get("accept_proxy", _bool, False),
+            trusted_proxies=table.get("trusted_proxies", _networks, _NO_PATHS),
         )
         table.finish()
         return result
@@ -519,7 +538,14 @@ class _Loader:
             expect_status=sub.get("expect_status", _status_ranges, default.expect_status),
             expect_body=sub.get("expect_body", _str, default.expect_body),
             expect_body_regex=sub.get("expect_body_regex", _regex, default.expect_body_regex),
+            send=read_bytes(sub, "send", "send_hex"),
+            expect=read_bytes(sub, "expect", "expect_hex"),
+            expect_regex=sub.get("expect_regex", bytes_regex, default.expect_regex),
+            user=sub.get("user", mysql_user, default.user),
+            post_41=sub.get("post_41", _bool, default.post_41),
+            domain=sub.get("domain", ehlo_domain, default.domain),
         )
+        check_type_keys(sub, result)
         sub.finish()
         return result
 
@@ -612,6 +638,7 @@ class _Loader:
             max_connections=table.get("max_connections", _int(1), _SERVER.max_connections),
             cookie_value=table.get("cookie_value", _token, _SERVER.cookie_value),
             slow_start=table.get("slow_start", _duration, _SERVER.slow_start),
+            send_proxy=table.get("send_proxy", _SEND_PROXY, None),
         )
         table.finish()
         return result

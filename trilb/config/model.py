@@ -16,7 +16,7 @@ from typing import Literal
 import attrs
 
 from ..errors import ConfigError, ConfigProblem
-from .routes import HeaderRule, Route, routes_tuple, rules_tuple
+from .routes import HeaderRule, Match, Route, routes_tuple, rules_tuple
 from .values import Address, parse_binds
 
 __all__ = [
@@ -64,8 +64,14 @@ SYSLOG_FACILITIES = (
 )  # fmt: skip
 LogFormat = Literal["haproxy", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("haproxy", "json")
-Mode = Literal["http"]
-MODES: tuple[Mode, ...] = ("http",)
+Mode = Literal["http", "tcp"]
+MODES: tuple[Mode, ...] = ("http", "tcp")
+ProxyVersion = Literal["v1", "v2"]
+PROXY_VERSIONS: tuple[ProxyVersion, ...] = ("v1", "v2")
+#: balancing algorithms that look into HTTP requests: not for TCP mode
+HTTP_ONLY_BALANCE = ("uri", "url_param:", "header:")
+#: what a TCP-mode route may match on: no HTTP request to look into
+TCP_MATCHERS = ("sni", "src")
 
 
 @attrs.frozen(kw_only=True)
@@ -82,14 +88,24 @@ class Timeouts:
     http_request: float = 10.0
     #: idle time allowed between two requests on a client connection
     keep_alive: float = 5.0
-    #: idle time on an upgraded (WebSocket) or TCP tunnel
-    tunnel: float = 3600.0
+    #: idle time on an upgraded (WebSocket) or TCP tunnel once established (HAProxy's ``timeout
+    #: tunnel``). None: not set, so a WebSocket gets :data:`DEFAULT_TUNNEL_TIMEOUT` and a TCP-mode
+    #: connection keeps ``client`` / ``server`` as its idle timeouts, as in HAProxy
+    tunnel: float | None = None
     #: how long an idle pooled server connection is kept for reuse
     pool_idle: float = 30.0
     #: a TLS handshake must complete within this (HAProxy's ``timeout client-hs``)
     handshake: float = 10.0
     #: a request may wait this long in a backend's queue for a server slot (then 503)
     queue: float = 5.0
+
+    def tunnel_or(self, fallback: float) -> float:
+        """The idle timeout of an established tunnel: ``tunnel`` if set, else ``fallback``."""
+        return fallback if self.tunnel is None else self.tunnel
+
+
+#: a WebSocket's idle timeout when ``timeout_tunnel`` is not set
+DEFAULT_TUNNEL_TIMEOUT = 3600.0
 
 
 @attrs.frozen(kw_only=True)
@@ -240,13 +256,22 @@ class StickTableConfig:
     expire: float = 1800.0
 
 
-HealthCheckType = Literal["tcp", "http", "tls"]
-HEALTH_CHECK_TYPES: tuple[HealthCheckType, ...] = ("tcp", "http", "tls")
+HealthCheckType = Literal["tcp", "http", "tls", "send_expect", "redis", "mysql", "smtp"]
+HEALTH_CHECK_TYPES: tuple[HealthCheckType, ...] = (
+    "tcp",
+    "http",
+    "tls",
+    "send_expect",
+    "redis",
+    "mysql",
+    "smtp",
+)
 
 
 @attrs.frozen(kw_only=True)
 class HealthCheck:
-    """Active health checks of a backend's servers (HAProxy's ``check``, ``option httpchk``)."""
+    """Active health checks of a backend's servers (HAProxy's ``check``, ``option httpchk``,
+    ``tcp-check``, ``option redis-check`` / ``mysql-check`` / ``smtpchk``)."""
 
     type: HealthCheckType = "tcp"
     #: between checks while the server's state is settled
@@ -273,6 +298,21 @@ class HealthCheck:
     #: the body must contain this substring / match this regular expression
     expect_body: str | None = None
     expect_body_regex: str | None = None
+    # type = "send_expect" (HAProxy's ``tcp-check send`` / ``expect``):
+    #: sent once connected; None: send nothing (the server speaks first)
+    send: bytes | None = None
+    #: the answer must contain these bytes / match this regular expression (its UTF-8 encoding,
+    #: matched against the answer's bytes); at least one of them is needed
+    expect: bytes | None = None
+    expect_regex: str | None = None
+    # type = "mysql" (HAProxy's ``option mysql-check [user NAME [post-41]]``):
+    #: log in as this password-less user; None: the server's greeting alone passes
+    user: str | None = None
+    #: log in with the protocol 4.1 packet (every server since MySQL 4.1); False: the older one
+    post_41: bool = True
+    # type = "smtp" (HAProxy's ``option smtpchk EHLO DOMAIN``):
+    #: the name the check introduces itself with: ``EHLO DOMAIN``
+    domain: str = "localhost"
 
 
 @attrs.frozen(kw_only=True)
@@ -301,6 +341,9 @@ class ServerConfig:
     cookie_value: str | None = None
     #: after it comes back (UP again, or ready after maint), its weight ramps up over this long
     slow_start: float | None = None
+    #: send a PROXY protocol header ("v1" text, "v2" binary) first on every connection to it, so
+    #: the server learns the client's address (HAProxy's ``send-proxy`` / ``send-proxy-v2``)
+    send_proxy: ProxyVersion | None = None
 
 
 def _servers(value: Iterable[ServerConfig]) -> tuple[ServerConfig, ...]:
@@ -370,6 +413,12 @@ class FrontendConfig:
     #: pass CONNECT requests on to the backend (a forward proxy behind trilb); a 2xx answer
     #: turns the connection into a tunnel, as a 101 does. Off: CONNECT gets 405.
     allow_connect: bool = False
+    #: connections start with a PROXY protocol header (v1 or v2) from an L4 balancer in front;
+    #: its client address is used everywhere (logs, X-Forwarded-For, ``src`` routes, hashing)
+    accept_proxy: bool = False
+    #: with ``accept_proxy``: only connections from these CIDRs carry a header (others are
+    #: taken as direct clients); empty: every connection must carry one
+    trusted_proxies: tuple[str, ...] = attrs.field(default=(), converter=_strings)
 
 
 def _frontends(value: Iterable[FrontendConfig]) -> tuple[FrontendConfig, ...]:
@@ -432,8 +481,6 @@ def _tls_problems(tls: TLSConfig, path: str) -> list[ConfigProblem]:
                 f"{path}.client_ca", f'required when verify_client is "{tls.verify_client}"'
             )
         )
-    if "http/1.1" not in tls.alpn:
-        problems.append(ConfigProblem(f"{path}.alpn", 'must include "http/1.1"'))
     return problems
 
 
@@ -469,6 +516,72 @@ def _redirect_problems(config: Config, frontend: FrontendConfig, path: str) -> l
     return problems
 
 
+def _mode_mismatch(backend: str, backend_mode: str, frontend_mode: str) -> str:
+    return (
+        f"backend {backend!r} is in mode {backend_mode!r}, the frontend in mode {frontend_mode!r}"
+    )
+
+
+def _tcp_frontend_problems(frontend: FrontendConfig, path: str) -> list[ConfigProblem]:
+    """What a TCP-mode frontend can't do: everything that reads or writes HTTP."""
+    problems = []
+    http_only = {
+        "forwarded_for": frontend.forwarded_for,
+        "redirect_https": frontend.redirect_https is not None,
+        "hsts": frontend.hsts is not None,
+        "request_headers": bool(frontend.request_headers),
+        "response_headers": bool(frontend.response_headers),
+        "unique_id": frontend.unique_id,
+        "error_pages": bool(frontend.error_pages),
+        "allow_connect": frontend.allow_connect,
+    }
+    for key, given in http_only.items():
+        if given:
+            problems.append(ConfigProblem(f"{path}.{key}", 'is for mode "http" (this is "tcp")'))
+    for index, route in enumerate(frontend.routes):
+        route_path = f"{path}.routes[{index}]"
+        if route.backend is None:
+            problems.append(
+                ConfigProblem(route_path, 'a "tcp" frontend\'s routes can only choose a backend')
+            )
+        match: Match | None = route.match
+        while match is not None:
+            for field in attrs.fields(Match):
+                if field.name in TCP_MATCHERS or field.name == "not_":
+                    continue
+                if getattr(match, field.name) not in ((), None):
+                    problems.append(
+                        ConfigProblem(
+                            f"{route_path}.{field.name}",
+                            'looks into HTTP requests: a "tcp" frontend routes on sni and src',
+                        )
+                    )
+            match = match.not_
+    return problems
+
+
+def _tcp_backend_problems(backend: BackendConfig, path: str) -> list[ConfigProblem]:
+    problems = []
+    if backend.balance.startswith(HTTP_ONLY_BALANCE):
+        problems.append(
+            ConfigProblem(
+                f"{path}.balance",
+                f'"{backend.balance}" hashes HTTP requests: not for mode "tcp" '
+                "(roundrobin, static-rr, leastconn, first, source and random are)",
+            )
+        )
+    http_only = {
+        "cookie": backend.cookie is not None,
+        "request_headers": bool(backend.request_headers),
+        "response_headers": bool(backend.response_headers),
+        "observe": backend.observe == "layer7",
+    }
+    for key, given in http_only.items():
+        if given:
+            problems.append(ConfigProblem(f"{path}.{key}", 'is for mode "http" (this is "tcp")'))
+    return problems
+
+
 def reference_problems(config: Config) -> list[ConfigProblem]:
     """What is inconsistent across sections: names, references, modes. Empty when all is well."""
     problems: list[ConfigProblem] = []
@@ -488,6 +601,14 @@ def reference_problems(config: Config) -> list[ConfigProblem]:
         path = f"frontends.{frontend.name}"
         if frontend.tls is not None:
             problems.extend(_tls_problems(frontend.tls, f"{path}.tls"))
+            if frontend.mode == "http" and "http/1.1" not in frontend.tls.alpn:
+                problems.append(ConfigProblem(f"{path}.tls.alpn", 'must include "http/1.1"'))
+        if frontend.mode == "tcp":
+            problems.extend(_tcp_frontend_problems(frontend, path))
+        if frontend.trusted_proxies and not frontend.accept_proxy:
+            problems.append(
+                ConfigProblem(f"{path}.trusted_proxies", "only with accept_proxy = true")
+            )
         if not frontend.bind:
             problems.append(ConfigProblem(f"{path}.bind", "at least one address is required"))
         problems.extend(_redirect_problems(config, frontend, path))
@@ -498,6 +619,13 @@ def reference_problems(config: Config) -> list[ConfigProblem]:
                     ConfigProblem(
                         f"{path}.routes[{index}].backend",
                         f"no backend named {route.backend!r}{hint}",
+                    )
+                )
+            elif route.backend is not None and modes[route.backend] != frontend.mode:
+                problems.append(
+                    ConfigProblem(
+                        f"{path}.routes[{index}].backend",
+                        _mode_mismatch(route.backend, modes[route.backend], frontend.mode),
                     )
                 )
         if frontend.default_backend is None:
@@ -513,13 +641,9 @@ def reference_problems(config: Config) -> list[ConfigProblem]:
                 )
             )
         elif modes[frontend.default_backend] != frontend.mode:
-            problems.append(
-                ConfigProblem(
-                    f"{path}.default_backend",
-                    f"backend {frontend.default_backend!r} is in mode "
-                    f"{modes[frontend.default_backend]!r}, the frontend in mode {frontend.mode!r}",
-                )
-            )
+            mode = modes[frontend.default_backend]
+            message = _mode_mismatch(frontend.default_backend, mode, frontend.mode)
+            problems.append(ConfigProblem(f"{path}.default_backend", message))
     for backend in config.backends:
         path = f"backends.{backend.name}"
         if backend.observe is not None and backend.health_check is None:
@@ -532,6 +656,8 @@ def reference_problems(config: Config) -> list[ConfigProblem]:
             )
         if not backend.servers:
             problems.append(ConfigProblem(f"{path}.servers", "at least one server is required"))
+        if backend.mode == "tcp":
+            problems.extend(_tcp_backend_problems(backend, path))
         seen = set()
         for index, server in enumerate(backend.servers):
             if server.name in seen:

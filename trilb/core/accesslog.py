@@ -8,6 +8,13 @@ HAProxy logs read trilb's::
 
 (one line; broken here for width)
 
+TCP-mode connections get HAProxy's ``option tcplog`` layout instead (:data:`TCPLOG_TEMPLATE`)::
+
+    127.0.0.1:39522 [21/Nov/2026:12:00:01.456] db mysql/primary 0/1/5230 8123 -- 1/1/1/1/0 0/0
+
+timers Tw/Tc/Tt (queue, connect, whole session) in ms, bytes sent to the client, termination
+state, connection counts and queues as above.
+
 client ip:port, accept date, frontend, backend/server, timers TR/Tw/Tc/Tr/Ta in ms (-1 = not
 reached), status, bytes sent to the client, captured request/response cookies (not captured: - -),
 termination state (two chars) plus cookie flags (two chars), connection counts
@@ -29,6 +36,7 @@ import attrs
 
 __all__ = [
     "HAPROXY_TEMPLATE",
+    "TCPLOG_TEMPLATE",
     "TEMPLATE_VARIABLES",
     "AccessLogFormatter",
     "RequestLog",
@@ -74,6 +82,8 @@ class RequestLog:
     request_line: str = "<BADREQ>"
     route: str = "-"  # the route that matched (content switching)
     request_id: str = "-"  # unique_id
+    mode: str = "http"  # "tcp": a TCP-mode connection, logged in HAProxy's tcplog layout
+    t_total: int = -1  # Tt: the whole connection, accept to close (TCP mode)
 
 
 class TemplateError(ValueError):
@@ -117,6 +127,7 @@ TEMPLATE_VARIABLES: dict[str, tuple[str, Callable[[RequestLog], object]]] = {
     "Tc": ("ms to connect to the server", lambda r: r.t_connect),
     "Tr": ("ms until the server's response head", lambda r: r.t_response),
     "Ta": ("ms the whole request took (active time)", lambda r: r.t_active),
+    "Tt": ("ms the whole session took (TCP mode: accept to close)", lambda r: r.t_total),
     "ST": ("status code", lambda r: r.status),
     "B": ("bytes sent to the client, headers included", lambda r: r.bytes_out),
     "U": ("bytes received from the client, headers included", lambda r: r.bytes_in),
@@ -140,6 +151,9 @@ TEMPLATE_VARIABLES: dict[str, tuple[str, Callable[[RequestLog], object]]] = {
     "ID": ("request id (unique_id; - when off)", lambda r: r.request_id),
 }
 _DATE_VARIABLES = frozenset({"t", "tr"})
+
+#: HAProxy's ``option tcplog`` as a template: the line TCP-mode connections get
+TCPLOG_TEMPLATE = "%ci:%cp [%t] %ft %b/%s %Tw/%Tc/%Tt %B %ts %ac/%fc/%bc/%sc/%rc %sq/%bq"
 
 #: HAProxy's ``option httplog`` as a template: the same line as ``format = "haproxy"`` (which also
 #: shows a request id, where HAProxy shows captured headers)
@@ -189,6 +203,14 @@ class AccessLogFormatter:
         if self._format == "json":
             return self._json(r)
         frontend = f"{r.frontend}~" if r.tls else r.frontend
+        if r.mode == "tcp":
+            return (
+                f"{r.client_ip}:{r.client_port} [{self._date(r.accept_date)}] {frontend} "
+                f"{r.backend}/{r.server} {r.t_queue}/{r.t_connect}/{r.t_total} "
+                f"{r.bytes_out} {r.termination} "
+                f"{r.actconn}/{r.feconn}/{r.beconn}/{r.srv_conn}/{r.retries} "
+                f"{r.srv_queue}/{r.backend_queue}"
+            )
         return (
             f"{r.client_ip}:{r.client_port} [{self._date(r.accept_date)}] {frontend} "
             f"{r.backend}/{r.server} "
