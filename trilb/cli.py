@@ -68,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
         "route", help="explain where a request would go (frontend, route, backend, server)"
     )
     route_cmd.add_argument("config", help="path to config.toml")
-    route_cmd.add_argument("request", help='e.g. "GET https://blog.example.com/wp-admin/ HTTP/1.1"')
+    route_cmd.add_argument(
+        "request",
+        help='e.g. "GET https://blog.example.com/wp-admin/ HTTP/1.1"; for a "tcp" frontend '
+        '"tls://SERVER-NAME:PORT" or "tcp://HOST:PORT"',
+    )
     route_cmd.add_argument(
         "-H", "--header", action="append", default=[], metavar="NAME: VALUE", help="a header"
     )

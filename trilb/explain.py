@@ -28,6 +28,8 @@ def explain_request(
 ) -> list[str]:
     """The lines ``trilb route`` prints; TrilbError for a request it cannot make sense of."""
     parts = request_line.split()
+    if len(parts) == 1 and parts[0].lower().startswith(_L4_SCHEMES):
+        return _explain_connection(config, parts[0], src)
     if len(parts) not in (2, 3):
         raise TrilbError(
             f'the request must look like "GET https://host/path HTTP/1.1", got {request_line!r}'
@@ -76,6 +78,44 @@ def explain_request(
     lines.append(f"backend: {backend.name} (balance {backend.balance})")
     lines.append(f"server: {_server(backend, view, fields)}")
     return lines + _header_edits(frontend, backend, view, fields, rules, scheme, port)
+
+
+#: ``trilb route config tls://name:port`` (a TLS connection asking for ``name``, as TCP-mode
+#: SNI routing sees it) or ``tcp://host:port`` (no server name)
+_L4_SCHEMES = ("tcp://", "tls://")
+
+
+def _explain_connection(config: Config, url: str, src: str) -> list[str]:
+    """A TCP-mode frontend's choice for a connection: routes on sni and src only."""
+    scheme, host, port, _ = _split_url(url, [])
+    frontends = [f for f in config.frontends if f.mode == "tcp"]
+    frontend = next((f for f in frontends if any(a.port == port for a in f.bind)), None)
+    if frontend is None:
+        raise TrilbError(f'no "tcp" frontend listens on port {port} in this configuration')
+    # (passthrough: the ClientHello's server name; with tls here: the handshake's, the same)
+    sni = host if scheme == "tls" else None
+    lines = [f"frontend: {frontend.name} (tcp, port {port})"]
+    view = RequestView(method=b"", target=b"", client_ip=src, sni=sni)
+    backend_name = frontend.default_backend
+    compiled = compile_rules(config).frontends[frontend.name]
+    if compiled.routes is not None:
+        for step in compiled.routes.explain(view):
+            verdict = "matches" if step.matched else f"no: {step.reason}"
+            lines.append(f"route {step.route.name}: {verdict}")
+        decision = compiled.routes.select(view)
+        backend_name = decision.backend
+        if decision.route is None:
+            lines.append("no route matched: default_backend")
+    if backend_name is None:
+        return [*lines, "answer: connection closed (no route matched and no default_backend)"]
+    backend = config.backend(backend_name)
+    lines.append(f"backend: {backend.name} (balance {backend.balance})")
+    lines.append(f"server: {_server(backend, view, [])}")
+    versions = sorted({s.send_proxy for s in backend.servers if s.send_proxy is not None})
+    relay = "relayed byte for byte"
+    if versions:
+        relay += f", after a PROXY protocol {'/'.join(versions)} header"
+    return [*lines, f"({relay})"]
 
 
 def _header(text: str) -> tuple[bytes, bytes]:

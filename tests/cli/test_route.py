@@ -124,3 +124,66 @@ def test_forwarded_host_and_port_follow_the_url(
     assert code == 0
     assert "  + X-Forwarded-Host: blog.example.com:8443" in lines
     assert "  + X-Forwarded-Port: 8443" in lines
+
+
+TCP_CONFIG = """
+[frontends.passthrough]
+bind = "*:443"
+mode = "tcp"
+default_backend = "other"
+[[frontends.passthrough.routes]]
+name = "a"
+sni = ["a.example"]
+backend = "a"
+[[frontends.passthrough.routes]]
+name = "office"
+src = ["10.0.0.0/8"]
+backend = "other"
+[backends.a]
+mode = "tcp"
+servers = [{ name = "a1", address = "10.0.0.31:443", send_proxy = "v2" }]
+[backends.other]
+mode = "tcp"
+balance = "source"
+servers = [{ name = "o1", address = "10.0.0.41:443" }, { name = "o2", address = "10.0.0.42:443" }]
+"""
+
+
+@pytest.fixture
+def tcp_config(tmp_path: Path) -> str:
+    path = tmp_path / "tcp.toml"
+    path.write_text(TCP_CONFIG)
+    return str(path)
+
+
+def test_a_tls_connection_routed_by_its_server_name(
+    tcp_config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines = route(capsys, tcp_config, "tls://A.example.:443")
+    assert code == 0
+    assert lines == [
+        "frontend: passthrough (tcp, port 443)",
+        "route a: matches",
+        "backend: a (balance roundrobin)",
+        "server: a1 (10.0.0.31:443; the first pick, all servers UP and idle)",
+        "(relayed byte for byte, after a PROXY protocol v2 header)",
+    ]
+
+
+def test_a_connection_without_a_server_name(
+    tcp_config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines = route(capsys, tcp_config, "tcp://db:443", "--src", "192.0.2.7")
+    assert code == 0
+    assert lines[:4] == [
+        "frontend: passthrough (tcp, port 443)",
+        "route a: no: sni: no TLS server name",
+        "route office: no: src: 192.0.2.7 is not in 10.0.0.0/8",
+        "no route matched: default_backend",
+    ]
+    assert lines[-1] == "(relayed byte for byte)"
+
+
+def test_no_tcp_frontend_on_that_port(tcp_config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["route", tcp_config, "tcp://db:3306"]) == 1
+    assert 'no "tcp" frontend listens on port 3306' in capsys.readouterr().err
