@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from .config import Address, FrontendConfig, Match
-from .core.proxy_protocol import ProxyHeader
 from .core.http1 import response_head
+from .core.proxy_protocol import ProxyHeader
 from .core.responses import error_body, raw_error_response
 from .errors import StartupError
 from .http_proxy import ClientSession
@@ -82,9 +82,7 @@ class FrontendRuntime:
         #: the HTTPS port that ``redirect_https`` sends clients to (set once all frontends bound)
         self.redirect_port: int | None = None
         #: ``accept_proxy``: the sources whose connections start with a PROXY header
-        self.proxy_sources = (
-            TrustedSources(config.trusted_proxies) if config.accept_proxy else None
-        )
+        self.proxy_sources = TrustedSources(config.trusted_proxies) if config.accept_proxy else None
         #: TCP mode, TLS passthrough: routes look at the ClientHello's server name
         self.tcp_needs_sni = config.mode == "tcp" and any(
             _uses_sni(route.match) for route in config.routes

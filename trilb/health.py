@@ -27,6 +27,10 @@ The checks, each bounded as a whole by ``health_check.timeout``:
   ``METHOD PATH HTTP/1.1`` with ``Host``, ``User-Agent: trilb-check`` and ``Connection: close``,
   and judge the status, and the body's first :data:`~trilb.core.health.BODY_LIMIT` bytes when
   ``expect_body`` / ``expect_body_regex`` ask for it.
+* ``send_expect``, ``redis``, ``smtp``, ``mysql``: connect (with TLS as for ``http``), then
+  pump the bytes of the type's :class:`~trilb.core.dialog.Dialog` (the decisions, in
+  :mod:`trilb.core.tcp_checks` and :mod:`trilb.core.mysql_check`) until it decides; its goodbye
+  (SMTP ``QUIT``, MySQL ``COM_QUIT``) is sent best effort before closing.
 
 The check goes to the server's traffic address unless ``health_check.address`` / ``port`` say
 otherwise; an ``address`` hostname is resolved once, at the first check that needs it.
@@ -34,6 +38,7 @@ otherwise; an ``address`` hostname is resolved once, at the first check that nee
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import socket
@@ -45,6 +50,7 @@ import trio
 
 from .backend import BackendRuntime, ServerRuntime
 from .config import HealthCheck
+from .core.dialog import Dialog
 from .core.health import (
     BODY_LIMIT,
     CheckResult,
@@ -55,6 +61,7 @@ from .core.health import (
     transition_message,
     wants_body,
 )
+from .core.tcp_checks import compile_expect_regex, dialog_for
 from .logsink import LogSink
 from .net import connect
 
@@ -125,17 +132,20 @@ class ServerChecker:
         self._pattern = (
             re.compile(check.expect_body_regex) if check.expect_body_regex is not None else None
         )
+        self._expect_pattern = (
+            compile_expect_regex(check.expect_regex) if check.expect_regex is not None else None
+        )
         self._target: tuple[int, object] | None = None  # (family, sockaddr) once known
         self._host = check.host or (
             "localhost" if server.config.address.is_unix else str(server.config.address)
         )
-        # the check speaks TLS for traffic-address checks of a re-encrypting server, or always
-        # for type "tls"
+        # the check speaks TLS for traffic-address checks of a re-encrypting server (all types
+        # but "tcp", which only connects), or always for type "tls"
         overridden = check.address is not None or check.port is not None
         self._tls_context: ssl.SSLContext | None = None
         if check.type == "tls":
             self._tls_context = server.tls_context or insecure_context
-        elif check.type == "http" and server.tls_context is not None and not overridden:
+        elif check.type != "tcp" and server.tls_context is not None and not overridden:
             self._tls_context = server.tls_context
         # the reason a timed-out check gets: the phase it was in
         self._phase = Reason.L4_TIMEOUT
@@ -305,7 +315,11 @@ class ServerChecker:
                     return Reason.L6_OK, None, None
                 stream = tls
             self._phase = Reason.L7_TIMEOUT
-            return await self._http(stream)
+            if self.check.type == "http":
+                return await self._http(stream)
+            return await self._converse(
+                stream, dialog_for(self.check, pattern=self._expect_pattern)
+            )
         finally:
             # Closing the socket is enough for TLS too: like HAProxy, no close_notify for a check.
             transport.close()
@@ -374,6 +388,22 @@ class ServerChecker:
             check, status, bytes(body[:BODY_LIMIT]), pattern=self._pattern
         )
         return reason, status, info
+
+    @staticmethod
+    async def _converse(
+        stream: trio.abc.Stream, dialog: Dialog
+    ) -> tuple[Reason, int | None, str | None]:
+        """Pump bytes between the server and ``dialog`` until it decides."""
+        step = dialog.start()
+        while step.outcome is None:
+            if step.send:
+                await stream.send_all(step.send)
+            step = dialog.receive(await _receive(stream))
+        if step.send:  # a goodbye: the verdict stands whether or not it goes through
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(step.send)
+        outcome = step.outcome
+        return outcome.reason, outcome.code, outcome.info
 
 
 async def _receive(stream: trio.abc.Stream) -> bytes:

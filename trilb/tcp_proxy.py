@@ -48,6 +48,9 @@ class TCPSession:
     """One client connection of a TCP-mode frontend, from accept to close."""
 
     __slots__ = (
+        "_killed",
+        "_scope",
+        "_timed_out",
         "accepted",
         "alpn",
         "client_ip",
@@ -61,9 +64,6 @@ class TCPSession:
         "sni",
         "stream",
         "tls",
-        "_killed",
-        "_scope",
-        "_timed_out",
     )
 
     def __init__(

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import attrs
 
 from ..errors import ConfigError, ConfigProblem
+from .health_keys import bytes_regex, check_type_keys, ehlo_domain, mysql_user, read_bytes
 from .model import (
     ALPN_PROTOCOLS,
     BALANCE_ALGORITHMS,
@@ -76,7 +77,6 @@ from .reader import (
     _Table,
     _token,
 )
-from .health_keys import bytes_regex, check_type_keys, ehlo_domain, mysql_user, read_bytes
 from .route_loader import read_error_pages, read_header_rules, read_routes
 from .values import Address, parse_address
 
