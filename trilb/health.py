@@ -33,7 +33,9 @@ The checks, each bounded as a whole by ``health_check.timeout``:
   (SMTP ``QUIT``, MySQL ``COM_QUIT``) is sent best effort before closing.
 
 The check goes to the server's traffic address unless ``health_check.address`` / ``port`` say
-otherwise; an ``address`` hostname is resolved once, at the first check that needs it.
+otherwise; an ``address`` hostname is resolved once, at the first check that needs it. A check
+to the traffic address of a ``send_proxy`` server starts with a PROXY header too (v1 ``UNKNOWN``,
+v2 ``LOCAL``), since that port expects one (HAProxy's default as well).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from .core.health import (
 from .core.tcp_checks import compile_expect_regex, dialog_for
 from .logsink import LogSink
 from .net import connect
+from .proxy_header import local_header
 
 __all__ = ["USER_AGENT", "ServerChecker", "start_health_checks"]
 
@@ -299,6 +302,10 @@ class ServerChecker:
         family, sockaddr = await self._resolve()
         transport = await connect(family, sockaddr)
         try:
+            send_proxy = self.server.config.send_proxy
+            if send_proxy is not None and self.check.address is None and self.check.port is None:
+                # the server expects a PROXY header first on this port (HAProxy does the same)
+                await transport.send_all(local_header(send_proxy))
             if self.check.type == "tcp":
                 return Reason.L4_OK, None, None
             stream: trio.abc.Stream = transport

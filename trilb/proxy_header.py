@@ -33,6 +33,7 @@ __all__ = [
     "TrustedSources",
     "header_for_server",
     "local_address",
+    "local_header",
     "read_proxy_header",
 ]
 
@@ -118,6 +119,12 @@ def header_for_server(
     if not known:
         return encode_v2(None, None, tlvs=tlvs)
     return encode_v2(source, destination, tlvs=tlvs)
+
+
+def local_header(version: str) -> bytes:
+    """The header of a connection trilb makes on its own behalf (a health check): v1
+    ``UNKNOWN``, v2 ``LOCAL`` -- "use the connection's addresses", as HAProxy's checks send."""
+    return b"PROXY UNKNOWN\r\n" if version == "v1" else encode_v2(None, None)
 
 
 def _same_family(a: str, b: str) -> bool:

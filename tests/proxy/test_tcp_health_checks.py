@@ -23,6 +23,7 @@ from conftest import WAIT, CollectingLog, MisbehavingBackends, StartProxy, make_
 
 import trilb
 from trilb.config.model import HealthCheckType
+from trilb.core.proxy_protocol import encode_v2
 
 CHECK = trilb.HealthCheck(type="tcp", interval=0.05, timeout=0.5, fall=2, rise=2)
 
@@ -589,3 +590,28 @@ async def test_tls_check_of_a_tcp_mode_backend(
     line = await wait_message(log, r"server db/plain is DOWN")
     assert "reason: Layer6 invalid response" in line, line
     assert not [m for m in log.messages if "db/tls is DOWN" in m]
+
+
+# -- send_proxy -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "header"),
+    [("v1", b"PROXY UNKNOWN\r\n"), ("v2", encode_v2(None, None))],
+)
+async def test_checks_of_a_send_proxy_server_start_with_a_local_header(
+    stand_in: StartStandIn, start_proxy: StartProxy, version: str, header: bytes
+) -> None:
+    """The server's port expects a PROXY header first: checks send one naming no client."""
+
+    async def hello_after_header(server: StandIn, conversation: Conversation) -> None:
+        if await conversation.read_until(b"hello\r\n") is not None:
+            await conversation.send(b"hello\r\n")
+
+    server = await stand_in(hello_after_header, "up")
+    check = attrs.evolve(CHECK, type="send_expect", send=b"hello\r\n", expect=b"hello")
+    address = trilb.ServerConfig(name="s1", address=server.address, send_proxy=version)
+    proxy = await start_proxy(config=with_checks([address], check))
+    conversations = await server.wait_ended(2)
+    assert all(c.received == header + b"hello\r\n" for c in conversations[:2])
+    assert not any("DOWN" in line for line in proxy.log.messages)
