@@ -22,7 +22,7 @@ import trustme
 from conftest import WAIT, CollectingLog, MisbehavingBackends, StartProxy, make_config
 
 import trilb
-from trilb.config.model import HealthCheckType
+from trilb.config.model import HealthCheckType, ProxyVersion
 from trilb.core.proxy_protocol import encode_v2
 
 CHECK = trilb.HealthCheck(type="tcp", interval=0.05, timeout=0.5, fall=2, rise=2)
@@ -600,7 +600,7 @@ async def test_tls_check_of_a_tcp_mode_backend(
     [("v1", b"PROXY UNKNOWN\r\n"), ("v2", encode_v2(None, None))],
 )
 async def test_checks_of_a_send_proxy_server_start_with_a_local_header(
-    stand_in: StartStandIn, start_proxy: StartProxy, version: str, header: bytes
+    stand_in: StartStandIn, start_proxy: StartProxy, version: ProxyVersion, header: bytes
 ) -> None:
     """The server's port expects a PROXY header first: checks send one naming no client."""
 
