@@ -151,6 +151,7 @@ class TCPSession:
                     self.sni = hello.server_name
                     break
         self.record.bytes_in += len(data)
+        self.frontend.counters.bytes_in += len(data)
         return bytes(data)
 
     def _choose_backend(self) -> BackendRuntime | None:
@@ -273,9 +274,7 @@ class TCPSession:
             fe_counters.bytes_out += size
             record.bytes_out += size
 
-        if first:  # the ClientHello already read: counted as relayed when it is
-            fe_counters.bytes_in += len(first)
-            counters.bytes_out += len(first)
+        counters.bytes_out += len(first)  # the ClientHello already read (counted in as read)
         fe_timeouts = fe.config.timeouts
         be_timeouts = backend.config.timeouts
         tunnel = Tunnel(
