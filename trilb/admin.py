@@ -38,6 +38,7 @@ from .core.admin_commands import (
     GetWeight,
     Help,
     Quit,
+    Reload,
     ServerRef,
     SetState,
     SetWeight,
@@ -56,7 +57,7 @@ from .core.admin_commands import (
     render_json,
     render_table,
 )
-from .errors import StartupError
+from .errors import ConfigError, StartupError, TrilbError
 from .net import BACKLOG, TCPListener, TCPStream
 from .stats import Statistics, TrafficStatistics
 
@@ -202,7 +203,7 @@ class AdminServer:
                     return
                 if line is None:  # the client closed its side
                     return
-                answer, more = self.answer(line)
+                answer, more = await self.answer(line)
                 if not await _send(stream, answer) or not more:
                     return
             message = f"Too many commands on one connection (max {MAX_COMMANDS}); closing."
@@ -215,7 +216,7 @@ class AdminServer:
             self.clients -= 1
             stream.close()
 
-    def answer(self, line: bytes) -> tuple[bytes, bool]:
+    async def answer(self, line: bytes) -> tuple[bytes, bool]:
         """The answer to one line, and whether the connection goes on."""
         try:
             command = parse_command(line)
@@ -223,6 +224,8 @@ class AdminServer:
                 return answer_lines([]), True
             if isinstance(command, Quit):
                 return b"", False
+            if isinstance(command, Reload):
+                return answer_lines(await self.reload()), True
             return answer_lines(self.run(command)), True
         except CommandError as exc:
             return error_answer(str(exc)), True
@@ -268,6 +271,23 @@ class AdminServer:
                 self._health(target, enable=True)
                 return [f"Health checks of {target} enabled."]
         raise AssertionError(command)  # the parser makes only the commands above
+
+    async def reload(self) -> list[str]:
+        """``reload``: read the config file again and switch to it; the errors when it can't."""
+        lb = self.lb
+        try:
+            await lb.reload_config_file()
+        except ConfigError as exc:
+            count = len(exc.problems)
+            problems = "; ".join(str(p) for p in exc.problems)
+            raise CommandError(
+                f"Reload failed ({count} error{'s' if count != 1 else ''}; still running the "
+                f"previous configuration): {problems}"
+            ) from None
+        except TrilbError as exc:
+            raise CommandError(f"Reload failed: {exc}") from None
+        config = lb.config
+        return [f"Reloaded: {len(config.frontends)} frontends, {len(config.backends)} backends."]
 
     def info(self) -> list[str]:
         lb = self.lb

@@ -6,7 +6,7 @@ import collections
 import socket
 import ssl
 import time
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import NamedTuple, Protocol, overload
 
 import attrs
@@ -135,6 +135,26 @@ class ServerRuntime:
         if not self._up:
             return "DOWN"
         return "DRAIN" if self._admin_state == "drain" else "UP"
+
+    def take_over(self, old: ServerRuntime, *, pool: bool, health: bool) -> None:
+        """A reload: carry over the state of ``old``, this server in the running configuration.
+        Counters, response times, state history and the requests being relayed are shared from
+        now on, so requests still in flight on the old configuration count here too; the
+        operator's state carries over, the health verdict with ``health`` (checks before and
+        after), the idle connections with ``pool`` (connecting to it did not change)."""
+        before = old.state
+        self.counters = old.counters
+        self.response_time = old.response_time
+        self.history = old.history
+        self.exchanges = old.exchanges
+        self.consecutive_errors = old.consecutive_errors
+        self._admin_state = old._admin_state
+        if health:
+            self._up = old._up
+            self.check_status = old.check_status
+        if pool:
+            self.pool = old.pool
+        self._state_set(before)
 
     async def connect(self, proxy_header: bytes = b"") -> ServerConnection:
         """A new connection (the caller bounds the wait, handshake included); OSError when it
@@ -424,6 +444,21 @@ class BackendRuntime:
         self.counters.current_requests -= 1
         if server.config.max_connections is not None:
             self.queue.wake_next()
+
+    def take_over(
+        self, old: BackendRuntime, positions: Mapping[int, int], *, stick_table: bool
+    ) -> None:
+        """A reload: carry over the backend-wide state of ``old``, this backend in the running
+        configuration (its servers carry theirs over with :meth:`ServerRuntime.take_over`):
+        counters, response times and the queue are shared from now on; with ``stick_table``,
+        the stick table's entries follow their servers (``positions``: old index -> new)."""
+        self.counters = old.counters
+        self.response_time = old.response_time
+        old.queue.limit = self.queue.limit
+        self.queue = old.queue
+        if stick_table and old.stick_table is not None and self.stick_table is not None:
+            table = self.stick_table
+            self.stick_table = old.stick_table.remapped(positions, table.size, table.expire)
 
     def server(self, name: str) -> ServerRuntime:
         for server in self.servers:

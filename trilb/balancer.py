@@ -3,15 +3,20 @@
 ::
 
     serve()                         the balancer's nursery
-    ├── frontend.run()              one per frontend: an accept loop per listener
-    ├── health checks, services     the admin socket (trilb.admin), ...
-    └── connections nursery         one task per client connection (ClientSession.run)
+    ├── Generation.run()            the frontends of the configuration (trilb.runtime):
+    │   ├── frontend.run()          one per frontend: an accept loop per listener
+    │   └── connections nursery     one task per client connection (ClientSession.run)
+    ├── Generation.run() ...        after a reload, the previous configuration's, until its
+    │                               connections have ended (at most ``timeout_drain``)
+    ├── health checks               one task with a nursery of checks (a reload swaps it)
+    └── services                    the admin socket (trilb.admin), ...
 
 Nothing is global: two balancers in one process share no state.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -20,18 +25,34 @@ import attrs
 import trio
 
 from .admin import serve_admin
-from .backend import BackendRuntime, ServerRuntime, resolve_backend
-from .config import Address, Config
-from .errors import ConfigError, ConfigProblem
-from .frontend import ConnectionSlots, FrontendRuntime, open_listeners
+from .backend import ServerRuntime
+from .config import Address, Config, load_config
+from .core.health import HealthState
+from .core.reload import plan_listeners, unapplied_changes
+from .errors import ConfigError, StartupError, TrilbError
+from .frontend import ConnectionSlots
 from .health import ServerChecker, start_health_checks
 from .logsink import LogSink
-from .rules import compile_rules
+from .runtime import (
+    Generation,
+    Runtime,
+    build_runtime,
+    carry_over,
+    close_pools,
+    load_frontend_tls,
+)
 from .stats import Statistics
 from .stats_server import serve_stats
-from .tls import ServerTLS, describe, load_server_tls
+from .tls import describe
 
-__all__ = ["Balancer", "ServerState", "SessionInfo", "open_balancer", "serve"]
+__all__ = [
+    "Balancer",
+    "ServerState",
+    "SessionInfo",
+    "load_frontend_tls",
+    "open_balancer",
+    "serve",
+]
 
 #: default time in-flight requests get to finish after a drain starts
 DEFAULT_GRACE = 30.0
@@ -42,15 +63,28 @@ class Balancer:
 
     def __init__(
         self,
-        config: Config,
-        frontends: list[FrontendRuntime],
-        backends: dict[str, BackendRuntime],
+        runtime: Runtime,
         log: LogSink,
+        slots: ConnectionSlots,
+        *,
+        config_path: str | None = None,
     ) -> None:
-        self.config = config
+        self.config = runtime.config
         self.log = log
-        self._frontends = frontends
-        self._backends = backends
+        #: the file the configuration was read from (``trilb serve``): what SIGHUP and the admin
+        #: socket's ``reload`` read again; None when the embedding program built the Config
+        self.config_path = config_path
+        self._runtime = runtime
+        self._frontends = runtime.frontends
+        self._backends = runtime.backends
+        self._slots = slots  # global.max_connections, shared by every configuration
+        #: the current configuration's frontends at work, and the previous ones a reload retired
+        #: (until their connections have ended)
+        self._generation = Generation(runtime.frontends)
+        self._retiring: list[Generation] = []
+        self._reload_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None  # the balancer's, once running
+        self._checks = trio.CancelScope()  # the running health checks' (a reload replaces them)
         self._drain_started = trio.Event()
         self._grace = DEFAULT_GRACE
         self._stopped = trio.Event()
@@ -150,7 +184,8 @@ class Balancer:
         """The client connections open now (TLS ones once their handshake is done)."""
         now = time.monotonic()
         result = []
-        for fe in self._frontends:
+        frontends = [fe for g in (self._generation, *self._retiring) for fe in g.frontends]
+        for fe in frontends:  # (a reload's previous frontends too, while they finish)
             for conn_id, session in list(fe.sessions.items()):
                 request = session.request
                 line = backend = server = None
@@ -185,36 +220,45 @@ class Balancer:
 
     async def drain(self, grace: float | None = None) -> None:
         """Stop gracefully: stop accepting, close idle keep-alive connections, let requests in
-        flight finish for up to ``grace`` seconds (default 30), then close the rest.
+        flight finish for up to ``grace`` seconds (default ``global.timeout_drain``, 30 s;
+        ``math.inf``: until every connection has ended), then close the rest.
         Returns once the balancer has stopped; calling it again just waits for that."""
         if not self._drain_started.is_set():
-            self._grace = DEFAULT_GRACE if grace is None else grace
+            self._grace = self.config.global_.timeout_drain if grace is None else grace
             self._drain_started.set()
         await self._stopped.wait()
 
     async def _run(self, task_status: trio.TaskStatus[Balancer]) -> None:
         try:
-            async with trio.open_nursery() as nursery, trio.open_nursery() as connections:
-                for fe in self._frontends:
-                    nursery.start_soon(fe.run, connections)
-                for checker in start_health_checks(nursery, self._backends.values(), self.log):
-                    self._checkers[checker.backend.name, checker.server.name] = checker
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self._generation.run)
+                await self._start_health_checks({}, set())
                 await self._start_services(nursery)
                 self._log_start()
                 task_status.started(self)
                 await self._drain_started.wait()
-                self.log.info(f"draining: waiting up to {self._grace:g}s for requests in flight")
-                for fe in self._frontends:
-                    fe.start_drain()
+                if math.isinf(self._grace):
+                    self.log.info("draining: waiting for every connection to finish")
+                else:
+                    self.log.info(
+                        f"draining: waiting up to {self._grace:g}s for requests in flight"
+                    )
+                generations = [self._generation, *self._retiring]
+                for generation in generations:
+                    generation.stop_accepting()
+                    for fe in generation.frontends:
+                        fe.start_drain()
                 with trio.move_on_after(self._grace) as scope:
-                    for fe in self._frontends:
-                        await fe.connections_done.wait()
+                    for generation in generations:
+                        await generation.done.wait()
                 if scope.cancelled_caught:
                     self.log.warning("drain grace period over: closing the remaining connections")
-                connections.cancel_scope.cancel()
-                # The health checks run in `nursery` until cancelled: stop them with the rest.
+                # The health checks and services run in `nursery` until cancelled: stop them
+                # with the connections left.
                 nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None  # (no reload from here on)
             self._close_everything()
             self._stopped.set()
         self.log.info("stopped")
@@ -243,6 +287,159 @@ class Balancer:
                 listener.close()
         for backend in self._backends.values():
             backend.close_idle()
+        for generation in self._retiring:
+            close_pools(generation.orphan_pools)
+
+    async def _start_health_checks(
+        self, states: Mapping[tuple[str, str], HealthState], paused: set[tuple[str, str]]
+    ) -> None:
+        """Start the current backends' health checks in a task of their own (with ``states``
+        carried over by a reload, and ``paused`` ones paused), so that a reload can stop them."""
+        assert self._nursery is not None
+        self._checks = trio.CancelScope()
+        self._checkers = await self._nursery.start(
+            self._run_health_checks, self._checks, states, paused
+        )
+
+    async def _run_health_checks(
+        self,
+        scope: trio.CancelScope,
+        states: Mapping[tuple[str, str], HealthState],
+        paused: set[tuple[str, str]],
+        *,
+        task_status: trio.TaskStatus[dict[tuple[str, str], ServerChecker]],
+    ) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                checkers = {}
+                for checker in start_health_checks(
+                    nursery, self._backends.values(), self.log, states
+                ):
+                    key = (checker.backend.name, checker.server.name)
+                    if key in paused:
+                        checker.pause()
+                    checkers[key] = checker
+                task_status.started(checkers)
+
+    # -- reload -------------------------------------------------------------------------------
+
+    async def reload(self, config: Config) -> None:
+        """Switch to ``config`` without stopping (SIGHUP and ``trilb ctl reload`` call this).
+
+        Everything that can fail comes first, with nothing changed: backends resolved,
+        certificates read again (renewed ones are picked up), rules compiled, new binds opened.
+        Then, at once: listeners whose bind did not change keep their socket (nothing is refused
+        meanwhile), new binds accept, removed ones close; new connections get the new
+        configuration, while connections open on the previous one finish on it -- requests under
+        way, tunnels, and a keep-alive connection's next request, answered with ``Connection:
+        close`` -- for at most ``global.timeout_drain``, then they are closed. Servers that are
+        still there (by backend and server name) keep their counters, health, operator state,
+        idle connections and stickiness (see :mod:`trilb.core.reload`); ``[log]``, ``[stats]``,
+        ``[admin]`` and the process settings of ``[global]`` need a restart (a warning says so).
+
+        Cancellation: before the switch, nothing changes; the switch itself is not interrupted.
+        Resource handling: on failure, every listener opened for the new configuration is
+        closed; the previous configuration's idle server connections that the new one does not
+        use are closed.
+        Error handling: raises :class:`~trilb.errors.ConfigError` (a name that does not resolve,
+        a certificate that can't be read...) or :class:`~trilb.errors.StartupError` (a port in
+        use; the balancer is draining); the errors are logged, and the balancer goes on with
+        its configuration unchanged. Reloads run one at a time.
+        """
+        async with self._reload_lock:
+            try:
+                await self._reload(config)
+            except TrilbError as exc:
+                self._log_reload_failure(exc)
+                raise
+
+    async def reload_config_file(self) -> None:
+        """Read :attr:`config_path` again and :meth:`reload` it (SIGHUP, ``trilb ctl reload``).
+        Raises as :meth:`reload` does (an invalid file is a ConfigError listing every problem;
+        logged), and StartupError when the balancer was not started from a file."""
+        if self.config_path is None:
+            raise StartupError(
+                "this balancer was not started from a config file: the program that runs it "
+                "reloads it with lb.reload(config)"
+            )
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self._log_reload_failure(exc)
+            raise
+        await self.reload(config)
+
+    async def _reload(self, config: Config) -> None:
+        if self.draining or self._nursery is None:
+            raise StartupError("cannot reload: the balancer is not running or is draining")
+        running = self._runtime
+        plan = plan_listeners(running.config.frontends, config.frontends)
+        kept = {new: running.listeners[old] for new, old in plan.keep.items()}
+        new = await build_runtime(config, self.log, self._slots, kept)
+        if self._drain_started.is_set():  # (a drain started while names were resolved)
+            new.close_listeners(plan.open)
+            raise StartupError("cannot reload: the balancer is draining")
+        opened = [(ref[0], new.where(ref)) for ref in plan.open]
+        closed = [(ref[0], running.where(ref)) for ref in plan.close]
+        # The switch: no checkpoint from here until the new accept loops are started.
+        carried = carry_over(running, new, self._checkers)
+        previous, old_checks = self._generation, self._checks
+        self._runtime, self.config = new, config
+        self._frontends, self._backends = new.frontends, new.backends
+        self._slots.limit = config.global_.max_connections
+        self._generation = Generation(new.frontends)
+        previous.retire()
+        running.close_listeners(plan.close)
+        old_checks.cancel()
+        close_pools(carried.orphan_pools)  # (and again once the previous generation is done)
+        previous.orphan_pools = carried.orphan_pools
+        self._retiring.append(previous)
+        with trio.CancelScope(shield=True):  # half a switch would be worse than none
+            await self._nursery.start(self._generation.run)
+            await self._start_health_checks(carried.health, carried.paused)
+        self._nursery.start_soon(self._retire, previous, config.global_.timeout_drain)
+        for name, where in opened:
+            self.log.info(f"reload: frontend {name} now also listening on {where}")
+        for name, where in closed:
+            self.log.info(f"reload: frontend {name} no longer listening on {where}")
+        for section in unapplied_changes(running.config, config):
+            self.log.warning(f"reload: {section} changed: that needs a restart (not applied)")
+        self.log.info(
+            f"reloaded: {len(config.frontends)} frontends, {len(config.backends)} backends"
+        )
+
+    async def _retire(self, generation: Generation, bound: float) -> None:
+        """Let a previous configuration's connections finish, for at most ``bound`` seconds."""
+        with trio.move_on_after(bound):
+            await generation.done.wait()
+        if not generation.done.is_set():
+            self.log.warning(
+                f"reload: timeout_drain ({bound:g}s) is over: closing the "
+                f"{generation.open_connections} connection(s) still open on the previous "
+                "configuration"
+            )
+            generation.cut()
+            await generation.done.wait()
+        # Its orphan pools may have been the pools of older generations' servers too: they
+        # close once no older generation is left to put a connection back into them.
+        index = self._retiring.index(generation)
+        if index > 0:
+            self._retiring[index - 1].orphan_pools.extend(generation.orphan_pools)
+        else:
+            close_pools(generation.orphan_pools)
+        del self._retiring[index]
+
+    def _log_reload_failure(self, exc: TrilbError) -> None:
+        if isinstance(exc, ConfigError):
+            count = len(exc.problems)
+            self.log.error(
+                f"reload failed ({count} error{'s' if count != 1 else ''}); the running "
+                "configuration is unchanged:"
+            )
+            for problem in exc.problems:
+                self.log.error(f"reload: {problem}")
+        else:
+            self.log.error(f"reload failed: {exc}; the running configuration is unchanged")
 
     def _log_start(self) -> None:
         for fe in self._frontends:
@@ -304,12 +501,14 @@ async def serve(
     config: Config,
     *,
     log: LogSink | None = None,
+    config_path: str | None = None,
     task_status: trio.TaskStatus[Balancer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a balancer for ``config`` until it is drained or cancelled.
 
     Use it as ``lb = await nursery.start(trilb.serve, config)``: that returns once every listener
-    is bound (port 0 works; see ``lb.addresses``).
+    is bound (port 0 works; see ``lb.addresses``). ``config_path``: the file ``config`` was read
+    from, read again by :meth:`Balancer.reload_config_file` (SIGHUP, ``trilb ctl reload``).
 
     Cancellation: cancelling the task stops at once, closing every connection.
     Resource handling: listeners, client and server connections are all closed when it returns.
@@ -317,87 +516,31 @@ async def serve(
     :class:`~trilb.errors.ConfigError` (a server name that does not resolve) before starting;
     afterwards, errors of one connection end that connection only and are logged.
     """
-    balancer = await _prepare(config, log)
+    balancer = await _prepare(config, log, config_path)
     await balancer._run(task_status)
 
 
-async def _prepare(config: Config, log: LogSink | None) -> Balancer:
+async def _prepare(config: Config, log: LogSink | None, config_path: str | None) -> Balancer:
     """Everything that can fail before the balancer runs: names resolved, certificates checked,
     ports bound. (Kept out of any nursery, so its errors reach the caller as themselves.)"""
     log = log if log is not None else LogSink.from_config(config.log)
-    backends: dict[str, BackendRuntime] = {}
-    for backend_config in config.backends:
-        backends[backend_config.name] = await resolve_backend(backend_config)
     # Connections beyond the global cap wait in the kernel's listen backlog.
     slots = ConnectionSlots(config.global_.max_connections)
-    # Certificates and rules are checked before any port opens: a bad one stops the start.
-    server_tls = load_frontend_tls(config)
-    rules = compile_rules(config)
-    for name, backend_rules in rules.backends.items():
-        backends[name].request_rules = backend_rules.request
-        backends[name].response_rules = backend_rules.response
-    frontends: list[FrontendRuntime] = []
-    try:
-        for fe_config in config.frontends:
-            listeners = open_listeners(fe_config)
-            backend = fe_config.default_backend
-            runtime = FrontendRuntime(
-                fe_config,
-                backends[backend] if backend is not None else None,
-                listeners,
-                log,
-                slots,
-                server_tls.get(fe_config.name),
-            )
-            fe_rules = rules.frontends[fe_config.name]
-            runtime.backends = backends
-            runtime.routes = fe_rules.routes
-            runtime.request_rules = fe_rules.request
-            runtime.response_rules = fe_rules.response
-            frontends.append(runtime)
-    except BaseException:
-        for fe in frontends:
-            for listener in fe.listeners:
-                listener.close()
-        raise
-    _set_redirect_ports(frontends)
-    return Balancer(config, frontends, backends, log)
-
-
-def _set_redirect_ports(frontends: list[FrontendRuntime]) -> None:
-    """``redirect_https`` without a port sends clients to the only TLS frontend's real port."""
-    tls_ports = [fe.addresses[0].port for fe in frontends if fe.tls is not None and fe.addresses]
-    for fe in frontends:
-        redirect = fe.config.redirect_https
-        if redirect is not None:
-            fe.redirect_port = redirect.port if redirect.port is not None else tls_ports[0]
-
-
-def load_frontend_tls(config: Config) -> dict[str, ServerTLS]:
-    """Every TLS frontend's certificates and contexts; ConfigError lists all the problems."""
-    result: dict[str, ServerTLS] = {}
-    problems: list[ConfigProblem] = []
-    for frontend in config.frontends:
-        if frontend.tls is None:
-            continue
-        try:
-            result[frontend.name] = load_server_tls(frontend.tls, f"frontends.{frontend.name}.tls")
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise ConfigError(problems)
-    return result
+    runtime = await build_runtime(config, log, slots)
+    return Balancer(runtime, log, slots, config_path=config_path)
 
 
 @asynccontextmanager
-async def open_balancer(config: Config, *, log: LogSink | None = None) -> AsyncIterator[Balancer]:
+async def open_balancer(
+    config: Config, *, log: LogSink | None = None, config_path: str | None = None
+) -> AsyncIterator[Balancer]:
     """``async with trilb.open_balancer(config) as lb:`` runs a balancer for the block's duration.
 
     Leaving the block stops it at once; ``await lb.drain()`` inside the block stops it gracefully.
     Start-up errors (:class:`~trilb.errors.ConfigError`, :class:`~trilb.errors.StartupError`) are
     raised by the ``async with`` itself.
     """
-    balancer = await _prepare(config, log)
+    balancer = await _prepare(config, log, config_path)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(balancer._run)

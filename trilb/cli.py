@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,7 +23,9 @@ from .config import Config, load_config
 from .core.accesslog import AccessLogFormatter
 from .errors import ConfigError, TrilbError
 from .logsink import NORMAL, QUIET, VERBOSE, LogSink
+from .process import PidFile, check_can_switch, drop_privileges, resolve_identity
 from .rules import compile_rules
+from .systemd import Notifier
 
 __all__ = ["main"]
 
@@ -46,9 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(
         "--grace",
         type=float,
-        default=30.0,
+        default=None,
         metavar="SECONDS",
-        help="on SIGINT/SIGTERM, how long requests in flight may take to finish (default 30)",
+        help="on SIGINT/SIGTERM, how long requests in flight may take to finish (overrides "
+        "global.timeout_drain, default 30)",
     )
     check_cmd = commands.add_parser("check", help="validate a config file and exit (0 = valid)")
     check_cmd.add_argument("config", help="path to config.toml")
@@ -137,14 +142,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "check":
         return _check(args.config)
     if args.command == "serve":
-        config = load_config(args.config)
-        log = LogSink.from_config(config.log, verbosity=verbosity)
-        start: StartBalancer = functools.partial(serve, config, log=log)
-        try:
-            trio.run(_run_until_signalled, start, log, args.grace)
-        finally:
-            log.close()
-        return EXIT_OK
+        return _serve(args.config, args.grace, verbosity)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -177,6 +175,47 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)  # argparse only accepts the commands above
 
 
+def _serve(path: str, grace: float | None, verbosity: int) -> int:
+    """``trilb serve``: the balancer, and around it what the process does as a daemon (see
+    :mod:`trilb.process`): the pidfile, dropping privileges, telling systemd."""
+    config = load_config(path)
+    # checked before anything is bound: a bad user or pidfile folder fails at once
+    identity = check_can_switch(resolve_identity(config.global_))
+    pidfile = PidFile(config.global_.pidfile) if config.global_.pidfile is not None else None
+    if pidfile is not None:
+        pidfile.check()
+    log = LogSink.from_config(config.log, verbosity=verbosity)
+
+    def started() -> None:
+        # listeners, log target, admin socket: all open; from here on, nothing needs root
+        if pidfile is not None:
+            pidfile.write()
+        drop_privileges(identity)
+        if identity is not None:
+            log.info(f"running as {identity.describe} (uid {os.getuid()}, gid {os.getgid()})")
+
+    start: StartBalancer = functools.partial(
+        serve, config, log=log, config_path=os.path.abspath(path)
+    )
+    drain = config.global_.timeout_drain if grace is None else grace
+    try:
+        trio.run(
+            functools.partial(
+                _run_until_signalled,
+                start,
+                log,
+                drain,
+                notifier=Notifier.from_environment(),
+                on_started=started,
+            )
+        )
+    finally:
+        if pidfile is not None and not pidfile.remove():
+            log.info(f"pidfile {pidfile.path} left behind: no permission to remove it")
+        log.close()
+    return EXIT_OK
+
+
 def _report(args: argparse.Namespace, exc: TrilbError) -> int:
     if isinstance(exc, ConfigError):
         _print_config_errors(getattr(args, "config", "config"), exc)
@@ -199,6 +238,7 @@ def _check(path: str) -> int:
     config = load_config(path)
     load_frontend_tls(config)  # certificate files are part of the configuration
     compile_rules(config)  # and so are the routes' regular expressions and address ranges
+    resolve_identity(config.global_)  # and the user and group to run as
     try:
         AccessLogFormatter(config.log.format, config.log.template)  # and the log template
     except ValueError as exc:
@@ -223,17 +263,42 @@ def _print_config_errors(path: str, exc: ConfigError) -> None:
         print(f"  {problem}", file=sys.stderr)
 
 
-async def _run_until_signalled(start: StartBalancer, log: LogSink, grace: float) -> None:
-    """Run the balancer; the first SIGINT/SIGTERM drains it, a second one stops it at once.
-    SIGUSR2 reopens the log file (after logrotate moved it). SIGHUP (reload) is not supported
-    yet: it is logged and ignored rather than killing the process."""
-    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP)
+async def _run_until_signalled(
+    start: StartBalancer,
+    log: LogSink,
+    grace: float,
+    *,
+    notifier: Notifier | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> None:
+    """Run the balancer until a signal stops it:
+
+    * SIGTERM or SIGINT drains it: listeners close, idle keep-alive connections close, requests
+      in flight and tunnels get up to ``grace`` seconds to finish, then the rest are cut;
+    * SIGUSR1 drains it without a time limit: it ends when the last connection has;
+    * any of the three while draining stops at once.
+
+    SIGUSR2 reopens the log file (after logrotate moved it). SIGHUP reloads: the config file is
+    read again and the balancer switches to it (:meth:`Balancer.reload`); an invalid file is
+    logged, one line per problem, and the running configuration goes on.
+
+    ``on_started`` runs once the balancer serves (every listener bound); then ``notifier``
+    (systemd) hears READY=1, and STOPPING=1 when a drain starts."""
+    notifier = notifier if notifier is not None else Notifier()
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
     with trio.open_signal_receiver(*watched) as signals:
         async with trio.open_nursery() as nursery:
             lb: Balancer = await nursery.start(start)
+            if on_started is not None:
+                on_started()
+            notifier.ready()
+            nursery.start_soon(notifier.run_watchdog)
 
-            async def drain_then_stop() -> None:
-                await lb.drain(grace)
+            # the signal that started the drain (lb.draining is set once its task has run)
+            drain_signal: list[str] = []
+
+            async def drain_then_stop(limit: float) -> None:
+                await lb.drain(limit)
                 nursery.cancel_scope.cancel()
 
             async def watch_signals() -> None:
@@ -242,14 +307,38 @@ async def _run_until_signalled(start: StartBalancer, log: LogSink, grace: float)
                         log.reopen()
                         log.info("SIGUSR2 received: log target reopened")
                     elif signum == signal.SIGHUP:
-                        log.warning("SIGHUP received: reloading is not supported yet; ignored")
-                    elif not lb.draining:
-                        log.info(
-                            f"{signal.Signals(signum).name} received: draining (again to stop now)"
-                        )
-                        nursery.start_soon(drain_then_stop)
+                        nursery.start_soon(_reload, lb, log, notifier)
+                    elif not drain_signal and not lb.draining:
+                        name = signal.Signals(signum).name
+                        drain_signal.append(name)
+                        notifier.stopping()
+                        if signum == signal.SIGUSR1:
+                            log.info(
+                                f"{name} received: draining until every connection has ended "
+                                "(a second signal stops now)"
+                            )
+                            nursery.start_soon(drain_then_stop, math.inf)
+                        else:
+                            log.info(f"{name} received: draining (again to stop now)")
+                            nursery.start_soon(drain_then_stop, grace)
                     else:
-                        log.info(f"{signal.Signals(signum).name} received again: stopping now")
+                        name = signal.Signals(signum).name
+                        again = "again" if name in drain_signal else "while draining"
+                        log.info(f"{name} received {again}: stopping now")
                         nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_signals)
+
+
+async def _reload(lb: Balancer, log: LogSink, notifier: Notifier) -> None:
+    """SIGHUP: read the config file again and switch to it. A failure is logged by the balancer
+    (one line per problem) and the running configuration goes on; systemd hears RELOADING=1,
+    then READY=1 either way."""
+    log.info("SIGHUP received: reloading the configuration")
+    notifier.reloading()
+    try:
+        await lb.reload_config_file()
+    except TrilbError:
+        pass  # logged; the previous configuration keeps running
+    finally:
+        notifier.ready()

@@ -233,6 +233,8 @@ _FRONTEND_COLUMNS: list[Column] = [
     ("Bytes", "In"),
     ("Bytes", "Out"),
     *(("Responses", f"{n}xx") for n in range(1, 6)),
+    ("Denied", "Req"),
+    ("Denied", "Conn"),
     ("Errors", "TLS"),
 ]
 
@@ -344,6 +346,11 @@ def _frontend_row(frontend: FrontendStatistics, view: StatsView) -> str:
         _text(_rate(view.get("frontend", frontend.name).request_rate)),
         *_bytes_cells(t),
         *_responses(t),
+        _text(
+            t.denied_requests + t.tarpitted_requests,
+            title=f"{t.denied_requests} denied, {t.tarpitted_requests} tarpitted (rate_limit)",
+        ),
+        _text(t.denied_connections, title="over max_connections_per_src"),
         _text(t.handshake_errors),
     ]
     return _row(_FRONTEND_COLUMNS, cells, f"row-{state}")

@@ -11,6 +11,7 @@ import trio
 from .config import Address, FrontendConfig, Match
 from .core.http1 import response_head
 from .core.proxy_protocol import ProxyHeader
+from .core.ratelimit import Limiter, SourceConnections
 from .core.responses import error_body, raw_error_response
 from .errors import StartupError
 from .http_proxy import ClientSession
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from .core.routing import CompiledRoutes
     from .logsink import LogSink
 
-__all__ = ["FrontendRuntime", "open_listeners"]
+__all__ = ["FrontendRuntime", "open_listener", "open_listeners"]
 
 #: accept() errors that mean "out of resources for now": wait a little and go on accepting
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -35,9 +36,10 @@ _ACCEPT_BACKOFF = 0.1
 
 
 class ConnectionSlots:
-    """``global.max_connections``: a counter, and a parking lot where accept loops wait while the
-    balancer is full (new connections meanwhile wait in the kernel's listen backlog). Cheaper
-    than a semaphore: taking a free slot does not yield, and that happens for every connection."""
+    """``global.max_connections`` (and a frontend's): a counter, and a parking lot where accept
+    loops wait while the balancer is full (new connections meanwhile wait in the kernel's listen
+    backlog). Cheaper than a semaphore: taking a free slot does not yield, and that happens for
+    every connection."""
 
     __slots__ = ("_lot", "active", "limit", "used")
 
@@ -91,8 +93,26 @@ class FrontendRuntime:
         self.log = log
         self.counters = Counters()
         self.draining = False
-        #: the cancel scopes of connections idling between requests, cancelled by a drain
+        #: a reload replaced this frontend: its connections finish what they are doing (the
+        #: next response says ``Connection: close``) while the new one accepts
+        self.retiring = False
+        #: the cancel scopes of connections idling between requests (or held by a tarpit),
+        #: cancelled by a drain
         self.idle_scopes: set[trio.CancelScope] = set()
+        #: ``rate_limit``: the frontend's, and each route's by the id of its Route (the compiled
+        #: routes' decisions carry these same objects: rules.compile_rules reads config.routes)
+        self.rate_limiter = Limiter(config.rate_limit) if config.rate_limit is not None else None
+        self.route_limiters = {
+            id(route): Limiter(route.rate_limit)
+            for route in config.routes
+            if route.rate_limit is not None
+        }
+        #: ``max_connections_per_src``: connections open per client address
+        per_src = config.max_connections_per_src
+        self.sources = SourceConnections(per_src) if per_src is not None else None
+        #: ``max_connections`` of this frontend, on top of the balancer's
+        cap = config.max_connections
+        self._own_slots = ConnectionSlots(cap) if cap is not None else None
         self.connections_done = trio.Event()
         #: the client connections being served, by connection id (``show sessions``)
         self.sessions: dict[int, ClientSession | TCPSession] = {}
@@ -146,22 +166,50 @@ class FrontendRuntime:
                 nursery.start_soon(self._accept_loop, listener, connection_nursery)
 
     async def _accept_loop(self, listener: TCPListener, nursery: trio.Nursery) -> None:
+        """Take a slot (the frontend's, then the balancer's), then a pending connection. A slot is
+        held only while a connection is there to take: waiting for one, the loop holds none, so
+        a frontend with several listeners (``*:80`` has two) and a small ``max_connections``
+        never leaves a slot idle on one listener while clients wait on another."""
         port = _listener_address(listener).port  # the local port of every connection it accepts
         while True:
-            await self._slots.acquire()
+            await trio.lowlevel.checkpoint_if_cancelled()
+            await self._acquire_slots()
             try:
-                stream, peer = await listener.accept()
+                accepted = listener.accept_nowait()
             except trio.ClosedResourceError:
-                self._slots.release()
+                self._release_slots()
                 return
             except OSError as exc:
-                self._slots.release()
+                self._release_slots()
                 if exc.errno not in _RESOURCE_ERRNOS:
                     raise
                 self.log.error(f"frontend {self.name}: accept failed: {exc}; retrying")
                 await trio.sleep(_ACCEPT_BACKOFF)
                 continue
+            if accepted is None:  # nothing pending: wait for a client without holding a slot
+                self._release_slots()
+                try:
+                    await listener.wait_acceptable()
+                except trio.ClosedResourceError:
+                    return
+                continue
+            stream, peer = accepted
             nursery.start_soon(self._handle, stream, peer, port)
+
+    async def _acquire_slots(self) -> None:
+        if self._own_slots is not None:
+            await self._own_slots.acquire()
+        try:
+            await self._slots.acquire()
+        except BaseException:  # (cancelled while the balancer is full)
+            if self._own_slots is not None:
+                self._own_slots.release()
+            raise
+
+    def _release_slots(self) -> None:
+        self._slots.release()
+        if self._own_slots is not None:
+            self._own_slots.release()
 
     async def _handle(self, stream: TCPStream, peer_name: object, local_port: int) -> None:
         """The error boundary of one connection: whatever happens, it ends here, logged once."""
@@ -173,6 +221,9 @@ class FrontendRuntime:
         conn_id = self._next_id
         peer = _peer(peer_name)
         destination = None
+        #: a unix socket client has no address, unless a PROXY header gives it one
+        has_address = isinstance(peer_name, tuple)
+        counted_source: str | None = None  # the address counted in ``self.sources``
         session: ClientSession | TCPSession
         try:
             if self.proxy_sources is not None and peer[0] in self.proxy_sources:
@@ -181,8 +232,13 @@ class FrontendRuntime:
                     return
                 if not header.local and header.source is not None:
                     peer, destination = header.source, header.destination
+                    has_address = True
                     if destination is not None:
                         local_port = destination[1]
+            if self.sources is not None and has_address:
+                if not self._admit_source(stream, peer):
+                    return
+                counted_source = peer[0]
             if self.tls is None:
                 if self.config.mode == "tcp":
                     session = TCPSession(stream, self, peer, destination=destination)
@@ -227,11 +283,30 @@ class FrontendRuntime:
             stream.close()
         finally:
             self.sessions.pop(conn_id, None)
+            if counted_source is not None and self.sources is not None:
+                self.sources.close(counted_source)
             counters.current_connections -= 1
             self._slots.active -= 1
-            self._slots.release()
+            self._release_slots()
             if self.draining and counters.current_connections == 0:
                 self.connections_done.set()
+
+    def _admit_source(self, stream: TCPStream, peer: tuple[str, int]) -> bool:
+        """``max_connections_per_src``: count the connection in, or close it (logged once until
+        that address has no connection left) and say no."""
+        assert self.sources is not None
+        verdict = self.sources.open(peer[0])
+        if verdict.allowed:
+            return True
+        stream.close()
+        self.counters.denied_connections += 1
+        if verdict.first_refusal:
+            self.log.warning(
+                f"{peer[0]}:{peer[1]} frontend {self.name}: {self.sources.limit} connections "
+                "from this address already (max_connections_per_src); new ones are closed "
+                "until some end"
+            )
+        return False
 
     async def _proxy_header(self, stream: TCPStream, peer: tuple[str, int]) -> ProxyHeader | None:
         """``accept_proxy``: the PROXY header, within ``timeout_handshake``; None (logged,
@@ -269,6 +344,13 @@ class FrontendRuntime:
                 f"{failure.reason} (SNI {failure.server_name or '-'})"
             )
             return None
+
+    def take_over(self, old: FrontendRuntime) -> None:
+        """A reload: carry over the state of ``old``, this frontend in the running configuration.
+        The counters are shared from now on (connections still open on the old configuration
+        count here too), and connection ids go on from where they were."""
+        self.counters = old.counters
+        self._next_id = old._next_id
 
     def start_drain(self) -> None:
         """Stop accepting and wake idle keep-alive connections so they close."""
@@ -313,19 +395,25 @@ def open_listeners(config: FrontendConfig) -> list[TCPListener]:
     """Bind every address of a frontend; on any failure close what was opened and say which."""
     listeners: list[TCPListener] = []
     try:
-        for index, address in enumerate(config.bind):
-            try:
-                if address.path is not None:
-                    listeners.append(bind_unix(address.path))
-                else:
-                    listeners.extend(bind_tcp(address.host, address.port))
-            except OSError as exc:
-                raise StartupError(
-                    f"frontends.{config.name}.bind[{index}]: cannot listen on {address}: "
-                    f"{exc.strerror or exc}"
-                ) from None
+        for index in range(len(config.bind)):
+            listeners.extend(open_listener(config, index))
     except BaseException:
         for listener in listeners:
             listener.close()
         raise
     return listeners
+
+
+def open_listener(config: FrontendConfig, index: int) -> list[TCPListener]:
+    """Bind the frontend's ``bind[index]`` (``*:80`` makes two listeners, IPv4 and IPv6);
+    StartupError naming it when that fails."""
+    address = config.bind[index]
+    try:
+        if address.path is not None:
+            return [bind_unix(address.path, backlog=config.backlog)]
+        return bind_tcp(address.host, address.port, backlog=config.backlog)
+    except OSError as exc:
+        raise StartupError(
+            f"frontends.{config.name}.bind[{index}]: cannot listen on {address}: "
+            f"{exc.strerror or exc}"
+        ) from None

@@ -45,7 +45,7 @@ import random
 import re
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import h11
 import trio
@@ -81,10 +81,15 @@ MAX_HEAD_SIZE = 16 * 1024
 
 
 def start_health_checks(
-    nursery: trio.Nursery, backends: Iterable[BackendRuntime], log: LogSink
+    nursery: trio.Nursery,
+    backends: Iterable[BackendRuntime],
+    log: LogSink,
+    states: Mapping[tuple[str, str], HealthState] | None = None,
 ) -> list[ServerChecker]:
     """Start one check task in ``nursery`` for every server of every backend that has a
-    ``health_check``; returns their checkers (to pause and resume them).
+    ``health_check``; returns their checkers (to pause and resume them). ``states``: the health
+    states servers start from, by (backend, server) name (carried over by a reload); the others
+    start as a new server does.
 
     Cancellation: the tasks run until ``nursery`` is cancelled (the balancer stops).
     Resource handling: every check closes its connection, however it ends.
@@ -99,7 +104,10 @@ def start_health_checks(
         if insecure is None:
             insecure = _insecure_context()
         for server in backend.servers:
-            checker = ServerChecker(backend, server, check, log, insecure_context=insecure)
+            state = None if states is None else states.get((backend.name, server.name))
+            checker = ServerChecker(
+                backend, server, check, log, insecure_context=insecure, state=state
+            )
             nursery.start_soon(checker.run, name=f"health check {backend.name}/{server.name}")
             checkers.append(checker)
     return checkers
@@ -125,12 +133,17 @@ class ServerChecker:
         log: LogSink,
         *,
         insecure_context: ssl.SSLContext,
+        state: HealthState | None = None,
     ) -> None:
         self.backend = backend
         self.server = server
         self.check = check
         self.log = log
-        self.state = HealthState(check.rise, check.fall, up=server.up)
+        # ``state``: where to start from (a reload carries it over); else a new server's start
+        if state is None:
+            state = HealthState(check.rise, check.fall, up=server.up)
+        self.state = state
+        server.up = self.state.up
         self._insecure_context = insecure_context
         self._pattern = (
             re.compile(check.expect_body_regex) if check.expect_body_regex is not None else None

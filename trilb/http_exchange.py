@@ -625,7 +625,7 @@ class Exchange:
                 self.keep_client = False  # HTTP/1.0 knows no chunks: the body ends at close
         if session.hsts is not None:
             headers.append(session.hsts)
-        if session.frontend.draining:
+        if session.frontend.draining or session.frontend.retiring:  # (retiring: a reload)
             self.keep_client = False
         if not self.keep_client:
             headers.append(_CLOSE_HEADER)
@@ -827,7 +827,7 @@ class Exchange:
                 f"backend {record.backend}: {reason}; answered {status}"
             )
         fe = session.frontend
-        keep = self.keep_client and self.request_done and not fe.draining
+        keep = self.keep_client and self.request_done and not (fe.draining or fe.retiring)
         body = fe.error_page(status)
         headers = fe.page_headers(status, len(body))
         if not keep:

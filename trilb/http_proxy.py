@@ -19,6 +19,7 @@ server, 4xx bad request) and each request is logged once.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, cast
 
@@ -35,6 +36,7 @@ from .core.framing import (
 )
 from .core.headers import Forwarded
 from .core.http1 import inspect_head, response_head
+from .core.ratelimit import Limiter, Refusal, check_limits
 from .core.redirect import https_location, redirect_status
 from .core.routing import RequestView, redirect_location
 from .http_exchange import RECEIVE_SIZE, ClientGone, Exchange, ParsedRequest
@@ -212,26 +214,44 @@ class ClientSession:
             self.log.access(record)
         return keep and not fe.draining
 
+    def _view(self, parsed: ParsedRequest) -> RequestView:
+        request = parsed.request
+        return RequestView(
+            method=request.method,
+            target=request.target,
+            headers=parsed.fields,
+            client_ip=self.client_ip,
+            sni=self.sni,
+            client_cert=self.client_cert is not None,
+        )
+
     async def _dispatch(self, parsed: ParsedRequest, record: RequestLog) -> bool:
-        """Route the request (content switching) and relay or answer it."""
+        """Route the request (content switching), check its rate limits, relay or answer it."""
         fe = self.frontend
         if fe.config.redirect_https is not None:
+            if fe.rate_limiter is not None:
+                refusal = check_limits((fe.rate_limiter,), self._view(parsed), trio.current_time())
+                if refusal is not None:
+                    return await self._over_limit(parsed, record, refusal)
             return await self._redirect_https(parsed, record)
         backend = fe.backend
-        view = None
+        view = decision = None
+        limiters: tuple[Limiter, ...] = () if fe.rate_limiter is None else (fe.rate_limiter,)
         if fe.routes is not None:
-            request = parsed.request
-            view = RequestView(
-                method=request.method,
-                target=request.target,
-                headers=parsed.fields,
-                client_ip=self.client_ip,
-                sni=self.sni,
-                client_cert=self.client_cert is not None,
-            )
+            view = self._view(parsed)
             decision = fe.routes.select(view)
             if decision.route is not None:
                 record.route = decision.route.name
+                route_limiter = fe.route_limiters.get(id(decision.route))
+                if route_limiter is not None:
+                    limiters = (*limiters, route_limiter)
+        if limiters:
+            view = view or self._view(parsed)
+            refusal = check_limits(limiters, view, trio.current_time())
+            if refusal is not None:
+                return await self._over_limit(parsed, record, refusal)
+        if decision is not None:
+            assert view is not None
             if decision.deny is not None:
                 return await self.answer_locally(
                     parsed, record, decision.deny, [], page=True, termination="PR"
@@ -257,6 +277,46 @@ class ClientSession:
         status = redirect_status(request.method, redirect.code)
         return await self.answer_locally(parsed, record, status, [(b"Location", location)])
 
+    async def _over_limit(
+        self, parsed: ParsedRequest, record: RequestLog, refusal: Refusal
+    ) -> bool:
+        """Answer a request over a ``rate_limit`` with its ``status`` and a ``Retry-After``: at
+        once (``deny``, logged ``PR``) or after holding it for ``timeout_tarpit`` (``tarpit``,
+        ``PT``). The hold is this connection's own wait: other clients are not held up, and a
+        drain ends it at once (the answer then goes out, with ``Connection: close``)."""
+        fe = self.frontend
+        limit = refusal.limiter.config
+        tarpit = limit.action == "tarpit"
+        if refusal.verdict.first_refusal:  # once per key and period: a flood is one line
+            self.log.warning(
+                f"{self.client_ip}:{self.client_port} frontend {fe.name}: over the rate limit "
+                f"of {limit.requests} requests per {limit.period:g}s "
+                f"({refusal.limiter.describe(refusal.key)}"
+                + (f", route {record.route}" if refusal.limiter is not fe.rate_limiter else "")
+                + f"); answering {limit.status}"
+                + (f" after {self.timeouts.tarpit:g}s" if tarpit else "")
+                + " until it slows down"
+            )
+        retry_after = refusal.verdict.retry_after
+        if tarpit:
+            fe.counters.tarpitted_requests += 1
+            if not fe.draining:
+                held = trio.current_time()
+                with trio.move_on_after(self.timeouts.tarpit) as scope:
+                    fe.idle_scopes.add(scope)
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        fe.idle_scopes.discard(scope)
+                retry_after -= trio.current_time() - held
+        else:
+            fe.counters.denied_requests += 1
+        headers = [(b"Retry-After", str(max(0, math.ceil(retry_after))).encode("ascii"))]
+        termination = "PT" if tarpit else "PR"
+        return await self.answer_locally(
+            parsed, record, limit.status, headers, page=True, termination=termination
+        )
+
     async def answer_locally(
         self,
         parsed: ParsedRequest,
@@ -272,7 +332,7 @@ class ClientSession:
         the request had no body left unread."""
         fe = self.frontend
         body_unread = parsed.info.chunked or parsed.info.length > 0
-        keep = parsed.info.keep_alive and not body_unread and not fe.draining
+        keep = parsed.info.keep_alive and not body_unread and not (fe.draining or fe.retiring)
         body = fe.error_page(status) if page else b""
         headers = [*headers, *fe.page_headers(status, len(body) if page else 0)]
         if not keep:

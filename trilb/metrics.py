@@ -173,6 +173,24 @@ _FRONTEND_METRICS: list[tuple[str, str, str, Getter]] = [
         "Connections dropped without a valid PROXY protocol header.",
         lambda t: t.proxy_errors,
     ),
+    (
+        "denied_requests_total",
+        "counter",
+        "Requests over a rate limit, answered at once (action deny).",
+        lambda t: t.denied_requests,
+    ),
+    (
+        "tarpitted_requests_total",
+        "counter",
+        "Requests over a rate limit, held before their answer (action tarpit).",
+        lambda t: t.tarpitted_requests,
+    ),
+    (
+        "denied_connections_total",
+        "counter",
+        "Connections closed at once: over max_connections_per_src.",
+        lambda t: t.denied_connections,
+    ),
 ]
 #: (name after trilb_backend_ / trilb_server_, type, help, value)
 _SERVER_METRICS: list[tuple[str, str, str, Getter]] = [

@@ -215,6 +215,29 @@ class TCPListener:
             conn.setblocking(False)  # (TCP_NODELAY it inherits from the listener, on Linux)
             return TCPStream(conn), address
 
+    def accept_nowait(self) -> tuple[TCPStream, object] | None:
+        """A pending connection and its peer address, or None when there is none (never
+        waits). Errors as :meth:`accept`."""
+        if self._closed:
+            raise trio.ClosedResourceError("the listener was closed")
+        try:
+            conn, address = self.sock.accept()
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if self._closed or exc.errno == errno.EBADF:
+                raise trio.ClosedResourceError("the listener was closed") from exc
+            raise
+        conn.setblocking(False)
+        return TCPStream(conn), address
+
+    async def wait_acceptable(self) -> None:
+        """Wait until a connection is pending (:meth:`accept_nowait` may still find none: the
+        client may have given up). trio.ClosedResourceError once the listener is closed."""
+        if self._closed:
+            raise trio.ClosedResourceError("the listener was closed")
+        await wait_readable(self.sock)
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -57,11 +57,14 @@ class Counters:
         "connect_errors",
         "current_connections",
         "current_requests",
+        "denied_connections",
+        "denied_requests",
         "handshake_errors",
         "peak_connections",
         "peak_requests",
         "proxy_errors",
         "responses",
+        "tarpitted_requests",
         "total_connections",
         "total_requests",
     )
@@ -76,6 +79,10 @@ class Counters:
         self.connect_errors = 0
         self.handshake_errors = 0  # failed or timed-out TLS handshakes (frontends)
         self.proxy_errors = 0  # connections dropped without a valid PROXY header (accept_proxy)
+        #: over a frontend's or route's ``rate_limit``: answered at once / after a tarpit
+        self.denied_requests = 0
+        self.tarpitted_requests = 0
+        self.denied_connections = 0  # closed at once: over ``max_connections_per_src``
         self.responses = [0, 0, 0, 0, 0, 0]  # other, 1xx, 2xx, 3xx, 4xx, 5xx
         #: the most connections / requests there were at once (HAProxy's "max sessions"); kept
         #: where the current counts go up
@@ -97,6 +104,9 @@ class Counters:
             connect_errors=self.connect_errors,
             handshake_errors=self.handshake_errors,
             proxy_errors=self.proxy_errors,
+            denied_requests=self.denied_requests,
+            tarpitted_requests=self.tarpitted_requests,
+            denied_connections=self.denied_connections,
             responses_1xx=r[1],
             responses_2xx=r[2],
             responses_3xx=r[3],
@@ -129,6 +139,11 @@ class TrafficStatistics:
     peak_requests: int = 0
     #: connections dropped for want of a valid PROXY header (``accept_proxy``)
     proxy_errors: int = 0
+    #: requests over a ``rate_limit``: answered at once (``deny``) / held first (``tarpit``)
+    denied_requests: int = 0
+    tarpitted_requests: int = 0
+    #: connections closed at once for ``max_connections_per_src``
+    denied_connections: int = 0
 
 
 class Histogram:

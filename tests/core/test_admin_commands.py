@@ -20,6 +20,7 @@ from trilb.core.admin_commands import (
     GetWeight,
     Help,
     Quit,
+    Reload,
     ServerRef,
     SetState,
     SetWeight,
@@ -75,6 +76,7 @@ WEB_S1 = ServerRef("web", "s1")
         (b"enable server web/s1\n", SetState(WEB_S1, "ready")),
         (b"disable health web/s1\n", DisableHealth(WEB_S1)),
         (b"enable health web/s1\n", EnableHealth(WEB_S1)),
+        (b"reload\n", Reload()),
         # names are the config's: anything but "/" and spaces
         (
             b"set server wp-admin/wp_1.x state drain\n",
@@ -99,7 +101,8 @@ def test_blank_lines_are_no_command(line: bytes) -> None:
         (b"show\n", "Unknown command: show. Try 'help'."),
         (b"show foo bar\n", "Unknown command: show foo bar. Try 'help'."),
         (b"SHOW INFO\n", "Unknown command: SHOW INFO. Try 'help'."),
-        (b"reload\n", "Unknown command: reload. Try 'help'."),
+        (b"restart\n", "Unknown command: restart. Try 'help'."),
+        (b"reload now\n", "Unexpected argument 'now'. Try 'help'."),
         (b"set weight web/s1 50\n", "Unknown command: set weight web/s1 50. Try 'help'."),
         (b"help me\n", "Unexpected argument 'me'. Try 'help'."),
         (b"show info now\n", "Unexpected argument 'now'. Try 'help'."),

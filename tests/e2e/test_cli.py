@@ -445,10 +445,12 @@ def test_demo_over_tls_with_its_dev_certificate(launch: Launch, tmp_path: Path) 
     assert lb.wait() == 0
 
 
-def test_sighup_is_logged_and_ignored_until_reload_exists(serve: ServeFactory) -> None:
+def test_sighup_reloads(serve: ServeFactory) -> None:
+    # (reloading under load, and invalid files: test_reload_serve.py)
     lb = serve()
     lb.signal(signal.SIGHUP)
-    lb.wait_output(r"warning: SIGHUP received: reloading is not supported yet; ignored")
+    lb.wait_output(r"SIGHUP received: reloading the configuration")
+    lb.wait_output(r"reloaded: 1 frontends, 1 backends")
     assert get(lb.url("/after-hup")).status_code == 200  # still serving
     lb.signal(signal.SIGTERM)
     assert lb.wait() == 0

@@ -1,5 +1,6 @@
 """trilb's configuration: the frozen model and the TOML loader that builds it."""
 
+from .limits import RateLimit
 from .loader import load_config, loads_config, parse_config
 from .model import (
     AdminConfig,
@@ -46,6 +47,7 @@ __all__ = [
     "LogConfig",
     "Match",
     "QueryMatch",
+    "RateLimit",
     "RedirectHTTPS",
     "RedirectRule",
     "Route",

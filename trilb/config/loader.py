@@ -25,6 +25,7 @@ import attrs
 
 from ..errors import ConfigError, ConfigProblem
 from .health_keys import bytes_regex, check_type_keys, ehlo_domain, mysql_user, read_bytes
+from .limit_keys import read_rate_limit
 from .model import (
     ALPN_PROTOCOLS,
     BALANCE_ALGORITHMS,
@@ -85,7 +86,7 @@ __all__ = ["load_config", "loads_config", "parse_config"]
 # Keys of the contract that a later version implements: named, so they are neither ignored nor
 # mistaken for typos.
 _PLANNED_TOP: tuple[str, ...] = ()
-_PLANNED_FRONTEND = ("rate_limit",)
+_PLANNED_FRONTEND: tuple[str, ...] = ()
 _PLANNED_BACKEND: tuple[str, ...] = ()
 _PLANNED_SERVER: tuple[str, ...] = ()
 
@@ -170,6 +171,16 @@ def _workers(value: object) -> int:
             f"only 1 is supported for now (multi-process workers are planned), got {_show(value)}"
         )
     return _int(1)(value)
+
+
+def _account(value: object) -> str | int:
+    """``global.user`` / ``global.group``: a name, or a numeric id (whether the system knows
+    it is checked when trilb starts, as certificate files are)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value and not any(c.isspace() for c in value):
+        return value
+    raise ValueError(f'must be a name like "trilb" or a numeric id, got {_show(value)}')
 
 
 def _networks(value: object) -> tuple[str, ...]:
@@ -331,8 +342,18 @@ class _Loader:
         pidfile = table.get("pidfile", _str, _GLOBAL.pidfile)
         if pidfile is not None and self.base_dir is not None:
             pidfile = str(self.base_dir / pidfile)  # an absolute pidfile stays as it is
+        timeout_drain = table.get("timeout_drain", _duration, _GLOBAL.timeout_drain)
+        user = table.get("user", _account, _GLOBAL.user)
+        group = table.get("group", _account, _GLOBAL.group)
         table.finish()
-        return GlobalConfig(workers=workers, max_connections=max_connections, pidfile=pidfile)
+        return GlobalConfig(
+            workers=workers,
+            max_connections=max_connections,
+            pidfile=pidfile,
+            timeout_drain=timeout_drain,
+            user=user,
+            group=group,
+        )
 
     def log(self, table: _Table) -> LogConfig:
         default = LogConfig()
@@ -454,6 +475,10 @@ class _Loader:
             error_pages=read_error_pages(table, self.resolve),
             accept_proxy=table.get("accept_proxy", _bool, False),
             trusted_proxies=table.get("trusted_proxies", _networks, _NO_PATHS),
+            max_connections=table.get("max_connections", _int(1), None),
+            backlog=table.get("backlog", _int(1, 65535), _FRONTEND.backlog),
+            max_connections_per_src=table.get("max_connections_per_src", _int(1), None),
+            rate_limit=read_rate_limit(table),
         )
         table.finish()
         return result

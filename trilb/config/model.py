@@ -16,6 +16,7 @@ from typing import Literal
 import attrs
 
 from ..errors import ConfigError, ConfigProblem
+from .limits import RateLimit, rate_limit_problems
 from .routes import HeaderRule, Match, Route, routes_tuple, rules_tuple
 from .values import Address, parse_binds
 
@@ -98,6 +99,11 @@ class Timeouts:
     handshake: float = 10.0
     #: a request may wait this long in a backend's queue for a server slot (then 503)
     queue: float = 5.0
+    #: how long a ``rate_limit`` with ``action = "tarpit"`` holds a request over the limit before
+    #: answering it. HAProxy's ``timeout tarpit`` falls back to ``timeout connect``; trilb's is
+    #: its own, 5s (the default ``connect``): long enough to slow a script down to a crawl, short
+    #: enough that a held connection costs little
+    tarpit: float = 5.0
 
     def tunnel_or(self, fallback: float) -> float:
         """The idle timeout of an established tunnel: ``tunnel`` if set, else ``fallback``."""
@@ -187,6 +193,14 @@ class GlobalConfig:
     #: concurrent client connections across all frontends; beyond it they wait in the kernel backlog
     max_connections: int = 20000
     pidfile: str | None = None
+    #: after SIGTERM/SIGINT (``trilb serve``) or ``lb.drain()``, how long requests in flight and
+    #: open tunnels may take to finish before they are cut: long enough for a slow download or
+    #: upload to end, short enough for a deploy not to wait on one stuck client
+    timeout_drain: float = 30.0
+    #: ``trilb serve`` started as root becomes this user (a name or a uid) and group once every
+    #: listener is bound; the group defaults to the user's
+    user: str | int | None = None
+    group: str | int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -419,6 +433,17 @@ class FrontendConfig:
     #: with ``accept_proxy``: only connections from these CIDRs carry a header (others are
     #: taken as direct clients); empty: every connection must carry one
     trusted_proxies: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    #: client connections open at once on this frontend; beyond it new ones wait in the
+    #: kernel's listen backlog (as with ``global.max_connections``). None: only the global cap
+    max_connections: int | None = None
+    #: the listen() backlog of each of its sockets: connections the kernel holds while trilb is
+    #: at a cap (1024, trilb.net.BACKLOG; Linux caps it at net.core.somaxconn)
+    backlog: int = 1024
+    #: connections open at once from one client address; a new one over it is closed at once
+    #: (HAProxy's ``tcp-request connection reject if { src_conn_cur ge N }``). None: no cap
+    max_connections_per_src: int | None = None
+    #: requests per period and client (``http_req_rate``); see :mod:`trilb.core.ratelimit`
+    rate_limit: RateLimit | None = None
 
 
 def _frontends(value: Iterable[FrontendConfig]) -> tuple[FrontendConfig, ...]:
@@ -534,12 +559,18 @@ def _tcp_frontend_problems(frontend: FrontendConfig, path: str) -> list[ConfigPr
         "unique_id": frontend.unique_id,
         "error_pages": bool(frontend.error_pages),
         "allow_connect": frontend.allow_connect,
+        # requests are what it counts; a TCP frontend caps clients with max_connections_per_src
+        "rate_limit": frontend.rate_limit is not None,
     }
     for key, given in http_only.items():
         if given:
             problems.append(ConfigProblem(f"{path}.{key}", 'is for mode "http" (this is "tcp")'))
     for index, route in enumerate(frontend.routes):
         route_path = f"{path}.routes[{index}]"
+        if route.rate_limit is not None:
+            problems.append(
+                ConfigProblem(f"{route_path}.rate_limit", 'is for mode "http" (this is "tcp")')
+            )
         if route.backend is None:
             problems.append(
                 ConfigProblem(route_path, 'a "tcp" frontend\'s routes can only choose a backend')
@@ -582,6 +613,23 @@ def _tcp_backend_problems(backend: BackendConfig, path: str) -> list[ConfigProbl
     return problems
 
 
+def _limit_problems(frontend: FrontendConfig, path: str) -> list[ConfigProblem]:
+    """The connection caps and rate limits of a frontend built in code (the loader checks each
+    value as it reads it)."""
+    problems = []
+    for key in ("max_connections", "max_connections_per_src", "backlog"):
+        value = getattr(frontend, key)
+        if value is not None and (isinstance(value, bool) or value < 1):
+            problems.append(ConfigProblem(f"{path}.{key}", f"must be >= 1, got {value}"))
+    if frontend.rate_limit is not None:
+        problems.extend(rate_limit_problems(frontend.rate_limit, f"{path}.rate_limit"))
+    for index, route in enumerate(frontend.routes):
+        if route.rate_limit is not None:
+            where = f"{path}.routes[{index}].rate_limit"
+            problems.extend(rate_limit_problems(route.rate_limit, where))
+    return problems
+
+
 def reference_problems(config: Config) -> list[ConfigProblem]:
     """What is inconsistent across sections: names, references, modes. Empty when all is well."""
     problems: list[ConfigProblem] = []
@@ -612,6 +660,7 @@ def reference_problems(config: Config) -> list[ConfigProblem]:
         if not frontend.bind:
             problems.append(ConfigProblem(f"{path}.bind", "at least one address is required"))
         problems.extend(_redirect_problems(config, frontend, path))
+        problems.extend(_limit_problems(frontend, path))
         for index, route in enumerate(frontend.routes):
             if route.backend is not None and route.backend not in modes:
                 hint = did_you_mean(route.backend, backend_names)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .limit_keys import read_rate_limit
 from .reader import _bool, _int, _show, _str, _Table, _token
 from .routes import CookieMatch, HeaderMatch, HeaderRule, Match, QueryMatch, RedirectRule, Route
 
@@ -81,6 +82,7 @@ def _route(table: _Table, index: int) -> Route:
     redirect = _redirect(table) if "redirect" in table.data else None
     if "redirect" in table.data:
         table.known.append("redirect")
+    rate_limit = read_rate_limit(table)
     given = [a for a in _ACTIONS if a in table.data]
     if len(given) != 1:
         table.problem(
@@ -89,7 +91,14 @@ def _route(table: _Table, index: int) -> Route:
             + (f" (has {', '.join(given)})" if given else ""),
         )
     table.finish()
-    return Route(name=name, match=match, backend=backend, deny=deny, redirect=redirect)
+    return Route(
+        name=name,
+        match=match,
+        backend=backend,
+        deny=deny,
+        redirect=redirect,
+        rate_limit=rate_limit,
+    )
 
 
 def _match(table: _Table) -> Match:

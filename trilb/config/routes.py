@@ -12,6 +12,8 @@ from typing import Literal
 
 import attrs
 
+from .limits import RateLimit
+
 __all__ = [
     "CookieMatch",
     "HeaderMatch",
@@ -110,6 +112,8 @@ class Route:
     backend: str | None = None
     deny: int | None = None
     redirect: RedirectRule | None = None
+    #: a rate limit for the requests this route takes, on top of the frontend's
+    rate_limit: RateLimit | None = None
 
 
 HeaderAction = Literal["set", "add", "delete", "replace"]

@@ -52,6 +52,7 @@ __all__ = [
     "GetWeight",
     "Help",
     "Quit",
+    "Reload",
     "ServerRef",
     "SetState",
     "SetWeight",
@@ -124,6 +125,11 @@ class ShowInfo:
 
 
 @attrs.frozen
+class Reload:
+    pass
+
+
+@attrs.frozen
 class ShowStat:
     format: Literal["csv", "json"] = "csv"
 
@@ -191,6 +197,7 @@ Command = (
     | GetWeight
     | EnableHealth
     | DisableHealth
+    | Reload
 )
 
 
@@ -325,6 +332,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
           _one_server(DisableHealth, "disable health")),
     _spec("enable health", "BACKEND/SERVER", "start a server's active checks again",
           _one_server(EnableHealth, "enable health")),
+    _spec("reload", "", "read the config file again and switch to it (as SIGHUP does)",
+          _no_args(Reload())),
     _spec("quit", "", "close this connection", _no_args(Quit())),
 )  # fmt: skip
 

@@ -168,3 +168,17 @@ class StickTable:
         entries.move_to_end(key)
         while len(entries) > self.size:
             entries.popitem(last=False)
+
+    def remapped(self, positions: Mapping[int, int], size: int, expire: float) -> StickTable:
+        """A copy for a reloaded backend (its servers may have moved): the entries of the servers
+        in ``positions`` (old index -> new index), the others dropped; with a smaller ``size``,
+        the most recently seen entries are kept."""
+        table = StickTable(size, expire)
+        entries = table._entries
+        for key, (index, seen) in self._entries.items():
+            moved = positions.get(index)
+            if moved is not None:
+                entries[key] = (moved, seen)
+        while len(entries) > size:
+            entries.popitem(last=False)
+        return table
