@@ -7,6 +7,7 @@ deadline, stopping what a test started, free ports.
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -18,8 +19,10 @@ import pytest
 
 __all__ = [
     "BACKEND_SCRIPT",
+    "PROMPTLY",
     "STARTUP_TIMEOUT",
     "TRILB",
+    "TrilbProcess",
     "free_port",
     "start_backend_process",
     "stop_process",
@@ -30,6 +33,9 @@ __all__ = [
 STARTUP_TIMEOUT = 15.0
 
 TRILB = [sys.executable, "-m", "trilb"]
+
+#: how long a running process may take to react (answer, exit after a signal)
+PROMPTLY = 10.0
 
 #: A small h11 server: ``python backend.py DIR NAME [--echo-proto]``. It answers every request
 #: with ``NAME TARGET`` (and the X-Forwarded-Proto it saw, with --echo-proto) and an
@@ -113,6 +119,47 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.02)
+
+
+class TrilbProcess:
+    """A ``trilb`` subprocess whose output goes to files (no pipe can fill up)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], out: Path, err: Path) -> None:
+        self.proc = proc
+        self.out = out
+        self.err = err
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def wait_output(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
+        """The first match of ``pattern`` in the output, once it is there; fails the test when
+        the process has exited without writing it."""
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            exited = self.proc.poll() is not None  # (before reading: its last words count)
+            match = re.search(pattern, self.stdout, re.MULTILINE)
+            if match is not None:
+                found.append(match)
+                return True
+            if exited:
+                pytest.fail(f"trilb exited with {self.proc.returncode}: {self.stderr}")
+            return False
+
+        wait_for(seen, timeout, f"{pattern!r} in the output of trilb")
+        return found[0]
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = PROMPTLY) -> int:
+        return self.proc.wait(timeout=timeout)
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

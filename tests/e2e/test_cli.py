@@ -22,8 +22,10 @@ from pathlib import Path
 import httpx
 import pytest
 from e2e_support import (
+    PROMPTLY,
     STARTUP_TIMEOUT,
     TRILB,
+    TrilbProcess,
     free_port,
     start_backend_process,
     stop_process,
@@ -51,7 +53,6 @@ def start_backend(tmp_path: Path) -> Iterator[Callable[[str], int]]:
 
 
 #: the process must be done within this after being told to stop (grace periods are longer)
-PROMPTLY = 10.0
 
 
 def run_trilb(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -84,46 +85,18 @@ def curl(*urls: str) -> str:
     return result.stdout
 
 
-class Trilb:
-    """A running ``trilb`` subprocess whose output goes to files (no pipe can fill up)."""
+class Trilb(TrilbProcess):
+    """A running ``trilb`` subprocess and the port it serves on."""
 
     def __init__(self, proc: subprocess.Popen[bytes], port: int, out: Path, err: Path) -> None:
-        self.proc = proc
+        super().__init__(proc, out, err)
         self.port = port
-        self._out = out
-        self._err = err
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    @property
-    def stdout(self) -> str:
-        return self._out.read_text()
-
-    @property
-    def stderr(self) -> str:
-        return self._err.read_text()
-
-    def wait_output(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            match = re.search(pattern, self.stdout, re.MULTILINE)
-            if match is not None:
-                found.append(match)
-            return match is not None
-
-        wait_for(seen, timeout, f"{pattern!r} in the output of trilb")
-        return found[0]
-
     def access_lines(self, request_line: str) -> list[str]:
         return [line for line in self.stdout.splitlines() if line.endswith(f'"{request_line}"')]
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = PROMPTLY) -> int:
-        return self.proc.wait(timeout=timeout)
 
 
 Launch = Callable[[Callable[[int], Sequence[str]], str], Trilb]

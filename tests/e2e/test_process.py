@@ -9,7 +9,6 @@ The backend is :data:`e2e_support.BACKEND_SCRIPT`: a request to ``/slow`` touche
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -22,13 +21,20 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import STARTUP_TIMEOUT, TRILB, start_backend_process, stop_process, wait_for
+from e2e_support import (
+    PROMPTLY,
+    STARTUP_TIMEOUT,
+    TRILB,
+    TrilbProcess,
+    start_backend_process,
+    stop_process,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
 #: the process must be done within this after being told to stop (drain limits are shorter or
 #: much longer)
-PROMPTLY = 10.0
 
 CONFIG = """
 [global]
@@ -43,36 +49,12 @@ servers = [{{ name = "b1", address = "127.0.0.1:{backend}" }}]
 """
 
 
-class Trilb:
-    """A ``trilb serve`` subprocess; its output goes to files (no pipe can fill up)."""
+class Trilb(TrilbProcess):
+    """A ``trilb serve`` subprocess, its frontend's port once :meth:`wait_serving` saw it."""
 
     def __init__(self, proc: subprocess.Popen[bytes], out: Path, err: Path) -> None:
-        self.proc = proc
-        self._out = out
-        self._err = err
+        super().__init__(proc, out, err)
         self.port = 0
-
-    @property
-    def stdout(self) -> str:
-        return self._out.read_text()
-
-    @property
-    def stderr(self) -> str:
-        return self._err.read_text()
-
-    def wait_output(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"trilb exited with {self.proc.returncode}: {self.stderr}")
-            match = re.search(pattern, self.stdout, re.MULTILINE)
-            if match is not None:
-                found.append(match)
-            return match is not None
-
-        wait_for(seen, timeout, f"{pattern!r} in the output of trilb")
-        return found[0]
 
     def wait_serving(self) -> None:
         """Wait for the frontend's port (bound to port 0) to show in the log."""
@@ -81,12 +63,6 @@ class Trilb:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = PROMPTLY) -> int:
-        return self.proc.wait(timeout=timeout)
 
 
 Start = Callable[..., Trilb]

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from e2e_support import STARTUP_TIMEOUT, TRILB, free_port, stop_process, wait_for
+from e2e_support import STARTUP_TIMEOUT, TRILB, TrilbProcess, free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -40,32 +40,12 @@ IO_TIMEOUT = 15.0
 # -- trilb ----------------------------------------------------------------------------------------
 
 
-class Trilb:
+class Trilb(TrilbProcess):
     """A running ``trilb serve``; its frontends bind port 0 and the ports are read from its log."""
 
     def __init__(self, proc: subprocess.Popen[bytes], out: Path, err: Path) -> None:
-        self.proc = proc
-        self.out = out
-        self.err = err
+        super().__init__(proc, out, err)
         self.ports: dict[str, int] = {}
-
-    @property
-    def stdout(self) -> str:
-        return self.out.read_text()
-
-    def wait_output(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            if self.proc.poll() is not None:
-                pytest.fail(f"trilb exited with {self.proc.returncode}: {self.err.read_text()}")
-            match = re.search(pattern, self.stdout, re.MULTILINE)
-            if match is not None:
-                found.append(match)
-            return match is not None
-
-        wait_for(seen, timeout, f"{pattern!r} in the output of trilb")
-        return found[0]
 
     def rss(self) -> int:
         """Resident memory, bytes (VmRSS of /proc/PID/status)."""
