@@ -30,6 +30,7 @@ that user. It needs Python 3.11 and, for trilb, the interpreter that runs it mus
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -509,6 +510,12 @@ def start_apache(state: State, name: str) -> None:
     conf = Path(state.data["apache"][name]["conf"])
     port = int(state.data["apache"][name]["port"])
     log = conf.parent / "apache2.out"
+    # A killed Apache leaves its pid file; if that pid is a zombie nobody reaped (a container
+    # without an init reaping orphans) Apache would say "httpd (pid N) already running".
+    pidfile = conf.parent / "run" / "apache2.pid"
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        if not alive(int(pidfile.read_text().split()[0])):
+            pidfile.unlink()
     pid = start_process(state, name, ["apache2", "-f", str(conf), "-DFOREGROUND"], log)
     wait_listening(pid, port, f"apache2 {name}", log, conf.parent / "error.log")
     say(f"{name}: Apache on 127.0.0.1:{port} (pid {pid})")
