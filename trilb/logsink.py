@@ -50,6 +50,8 @@ MAX_BATCH = 512
 #: a stopping writer waits this long (seconds) for a write in progress before giving it up: a
 #: stalled target must not hold up the balancer's shutdown
 STOP_WAIT = 1.0
+#: how long a synchronous write (no writer running) waits for the target's lock
+WRITE_NOW_WAIT = 0.1
 
 _INFO = SEVERITIES["info"]
 
@@ -296,7 +298,9 @@ class LogSink:
         """No writer runs: write synchronously (never behind a write stuck in a thread)."""
         target = self._target
         assert target is not None
-        if not self._lock.acquire(blocking=False):
+        # Another holder can only be a writer thread the stopped writer abandoned: it finds its
+        # batch written and lets go at once, unless the target is stalled (then drop the lines).
+        if not self._lock.acquire(timeout=WRITE_NOW_WAIT):
             self._count_dropped(len(lines))
             return
         try:
