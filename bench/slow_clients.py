@@ -17,6 +17,7 @@ import json
 import os
 import resource
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -344,7 +345,7 @@ def run_proxy(
 
 
 def start(
-    name: str, tmp: Path, kids: Children, backends: tuple[int, int], cpu: int
+    name: str, tmp: Path, kids: Children, backends: tuple[int, int], cpu: int, trilb_cmd: str = ""
 ) -> tuple[int, subprocess.Popen[bytes]]:
     """Start a proxy in front of both backends; returns its port and process."""
     port = free_port()
@@ -355,8 +356,13 @@ def start(
         (tmp / "haproxy.cfg").write_text(HAPROXY.format(**ports))
         argv, kw = ["haproxy", "-db", "-f", str(tmp / "haproxy.cfg")], {}
     else:
-        (tmp / "trilb.toml").write_text(TRILB.format(**ports))
-        argv = [sys.executable, "-m", "trilb", "serve", str(tmp / "trilb.toml")]
+        conf = tmp / "trilb.toml"
+        conf.write_text(TRILB.format(**ports))
+        argv = [sys.executable, "-m", "trilb", "serve", str(conf)]
+        if trilb_cmd:  # as in run.py: the config path goes at {config}, else at the end
+            cmd = shlex.split(trilb_cmd)
+            placed = [a.replace("{config}", str(conf)) for a in cmd]
+            argv = placed if "{config}" in trilb_cmd else [*cmd, str(conf)]
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         kw = {"cwd": REPO, "env": {**os.environ, "PYTHONPATH": path}}
     proc = kids.start(name, argv, cpu, **kw)
@@ -444,6 +450,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for kind, n in KINDS.items():
         ap.add_argument(f"--{kind}", type=int, default=n, help=f"slow {kind} clients ({n})")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between a client's bytes")
+    ap.add_argument(
+        "--trilb-cmd", default="", help="trilb command (as in run.py); config appended or {config}"
+    )
     # internal: run the slow clients themselves (a child process of the benchmark)
     ap.add_argument("--load", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--stats", type=Path, help=argparse.SUPPRESS)
@@ -484,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             ports = {}
             for name in args.proxies:
                 try:
-                    ports[name] = start(name, tmp, kids, (b1, b2), args.cpus[1])
+                    ports[name] = start(name, tmp, kids, (b1, b2), args.cpus[1], args.trilb_cmd)
                 except StartError as exc:
                     print(f"skipping {name}: {exc}", file=sys.stderr)
             for name, (port, proc) in ports.items():
