@@ -425,6 +425,28 @@ class BackendRuntime:
                 return server
             self.queue.wake_next()  # let the next one try its luck
 
+    async def open_connection(
+        self, server: ServerRuntime, proxy_header: bytes = b""
+    ) -> ServerConnection:
+        """A new connection to ``server`` within ``timeout_connect`` (``proxy_header`` sent
+        first): TimeoutError when the time ran out, OSError when it failed."""
+        timeout = self.config.timeouts.connect
+        with trio.move_on_after(timeout):
+            conn = await server.connect(proxy_header)
+            server.counters.total_connections += 1
+            return conn
+        raise TimeoutError(f"no connection within {timeout:g}s")
+
+    def connect_failed(self, server: ServerRuntime, exc: OSError, attempt: int) -> str:
+        """Count a failed connect (passive checks too); the log line that says so."""
+        error = str(exc) or type(exc).__name__
+        server.counters.connect_errors += 1
+        self.observe(server, False, f"connect failed: {error}")
+        return (
+            f"backend {self.name}/{server.name}: connect failed "
+            f"(attempt {attempt} of {self.config.retries + 1}): {error}"
+        )
+
     def waits_for_a_slot(self) -> bool:
         """Some server could take the request but is full: wait in the queue (not 503)."""
         return any(s.usable and s.full for s in self.servers)

@@ -15,7 +15,7 @@ from .core.balance import RequestKey, make_algorithm
 from .core.headers import Forwarded, request_headers_for_server
 from .core.redirect import https_location, redirect_status
 from .core.rewrite import apply_header_rules, take_request_id, variables_for
-from .core.routing import RequestView, redirect_location
+from .core.routing import CompiledRoutes, Decision, RequestView, redirect_location
 from .core.sticky import default_cookie_value, request_cookie
 from .errors import TrilbError
 from .rules import CompiledRules, compile_rules
@@ -60,18 +60,13 @@ def explain_request(
     compiled = rules.frontends[frontend.name]
     backend_name = frontend.default_backend
     if compiled.routes is not None:
-        for step in compiled.routes.explain(view):
-            verdict = "matches" if step.matched else f"no: {step.reason}"
-            lines.append(f"route {step.route.name}: {verdict}")
-        decision = compiled.routes.select(view)
+        decision = _routes(compiled.routes, view, lines)
         if decision.deny is not None:
             return [*lines, f"answer: {decision.deny} (deny)"]
         if decision.redirect is not None:
             location = redirect_location(decision.redirect, view, tls=scheme == "https")
             return [*lines, f"answer: {decision.redirect.code} redirect to {location.decode()}"]
         backend_name = decision.backend
-        if decision.route is None:
-            lines.append("no route matched: default_backend")
     if backend_name is None:
         return [*lines, "answer: 503 (no route matched and no default_backend)"]
     backend = config.backend(backend_name)
@@ -99,13 +94,7 @@ def _explain_connection(config: Config, url: str, src: str) -> list[str]:
     backend_name = frontend.default_backend
     compiled = compile_rules(config).frontends[frontend.name]
     if compiled.routes is not None:
-        for step in compiled.routes.explain(view):
-            verdict = "matches" if step.matched else f"no: {step.reason}"
-            lines.append(f"route {step.route.name}: {verdict}")
-        decision = compiled.routes.select(view)
-        backend_name = decision.backend
-        if decision.route is None:
-            lines.append("no route matched: default_backend")
+        backend_name = _routes(compiled.routes, view, lines).backend
     if backend_name is None:
         return [*lines, "answer: connection closed (no route matched and no default_backend)"]
     backend = config.backend(backend_name)
@@ -116,6 +105,17 @@ def _explain_connection(config: Config, url: str, src: str) -> list[str]:
     if versions:
         relay += f", after a PROXY protocol {'/'.join(versions)} header"
     return [*lines, f"({relay})"]
+
+
+def _routes(routes: CompiledRoutes, view: RequestView, lines: list[str]) -> Decision:
+    """The routes in order, each with why it did (not) match, added to ``lines``; the decision."""
+    for step in routes.explain(view):
+        verdict = "matches" if step.matched else f"no: {step.reason}"
+        lines.append(f"route {step.route.name}: {verdict}")
+    decision = routes.select(view)
+    if decision.route is None:
+        lines.append("no route matched: default_backend")
+    return decision
 
 
 def _header(text: str) -> tuple[bytes, bytes]:

@@ -239,42 +239,33 @@ class FrontendRuntime:
                 if not self._admit_source(stream, peer):
                     return
                 counted_source = peer[0]
-            if self.tls is None:
-                if self.config.mode == "tcp":
-                    session = TCPSession(stream, self, peer, destination=destination)
-                else:
-                    session = ClientSession(
-                        stream, self, peer, local_port, self._local_host, destination=destination
-                    )
-            else:
+            client: trio.abc.Stream = stream
+            subject = sni = alpn = None
+            if self.tls is not None:
                 handshake = await self._handshake(stream, self.tls, peer)
                 if handshake is None:
                     return
-                client, subject, sni = handshake
-                alpn = client.selected_alpn_protocol()
-                if self.config.mode == "tcp":
-                    session = TCPSession(
-                        client,
-                        self,
-                        peer,
-                        destination=destination,
-                        tls=True,
-                        sni=sni,
-                        alpn=alpn,
-                    )
-                else:
-                    session = ClientSession(
-                        client,
-                        self,
-                        peer,
-                        local_port,
-                        self._local_host,
-                        tls=True,
-                        client_cert=subject,
-                        sni=sni,
-                        alpn=alpn,
-                        destination=destination,
-                    )
+                tls_stream, subject, sni = handshake
+                alpn = tls_stream.selected_alpn_protocol()
+                client = tls_stream
+            tls = self.tls is not None
+            if self.config.mode == "tcp":
+                session = TCPSession(
+                    client, self, peer, destination=destination, tls=tls, sni=sni, alpn=alpn
+                )
+            else:
+                session = ClientSession(
+                    client,
+                    self,
+                    peer,
+                    local_port,
+                    self._local_host,
+                    tls=tls,
+                    client_cert=subject,
+                    sni=sni,
+                    alpn=alpn,
+                    destination=destination,
+                )
             self.sessions[conn_id] = session
             await session.run()
         except Exception as exc:  # noqa: BLE001 - the error boundary of one connection

@@ -331,13 +331,8 @@ class Exchange:
         try:
             upstream, reused = await self._server_connection(server)
         except OSError as exc:
-            server.counters.connect_errors += 1
-            backend.observe(server, False, f"connect failed: {exc or type(exc).__name__}")
             failures += 1
-            session.log.warning(
-                f"backend {backend.name}/{server.name}: connect failed "
-                f"(attempt {failures} of {retries + 1}): {exc or type(exc).__name__}"
-            )
+            session.log.warning(backend.connect_failed(server, exc, failures))
             if failures > retries:
                 # HAProxy's words: "sC" timeout connect struck, "SC" refused (or another error)
                 code = "sC" if isinstance(exc, TimeoutError) else "SC"
@@ -378,13 +373,9 @@ class Exchange:
         if conn is not None:
             record.t_connect = 0
             return conn, True
-        timeout = self.backend.config.timeouts.connect
-        with trio.move_on_after(timeout):
-            conn = await server.connect(header)
-            record.t_connect = millis(now, time.monotonic())
-            server.counters.total_connections += 1
-            return conn, False
-        raise TimeoutError(f"no connection within {timeout:g}s")
+        conn = await self.backend.open_connection(server, header)
+        record.t_connect = millis(now, time.monotonic())
+        return conn, False
 
     # -- one attempt ----------------------------------------------------------------------------
 

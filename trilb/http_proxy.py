@@ -41,7 +41,7 @@ from .core.redirect import https_location, redirect_status
 from .core.routing import RequestView, redirect_location
 from .http_exchange import RECEIVE_SIZE, ClientGone, Exchange, ParsedRequest
 from .net import TCPStream
-from .proxy_header import header_for_server, local_address
+from .session import ClientConnection
 
 if TYPE_CHECKING:
     from .backend import ServerRuntime
@@ -76,32 +76,21 @@ async def close_stream(stream: trio.abc.Stream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-class ClientSession:
+class ClientSession(ClientConnection):
     """One client connection, from accept to close."""
 
     __slots__ = (
-        "accepted",
-        "alpn",
         "buffer",
         "cert_header",
         "client_cert",
-        "client_ip",
-        "client_port",
-        "destination",
         "forwarded",
-        "frontend",
         "hsts",
         "limits",
         "local_host",
         "local_port",
-        "log",
         "private",
         "request",
-        "requests",
-        "sni",
-        "stream",
         "timeouts",
-        "tls",
     )
 
     def __init__(
@@ -118,32 +107,21 @@ class ClientSession:
         alpn: str | None = None,
         destination: tuple[str, int] | None = None,
     ) -> None:
-        self.stream = stream
-        self.frontend = frontend
-        self.client_ip, self.client_port = peer
+        super().__init__(
+            stream, frontend, peer, tls=tls, sni=sni, alpn=alpn, destination=destination
+        )
         self.local_port = local_port
-        #: what content switching may look at: the TLS server name, a verified client cert
-        self.sni = sni
-        self.alpn = alpn
-        #: where the client connected to (from a PROXY header, else looked up when needed)
-        self.destination = destination
         #: ``send_proxy`` servers' connections carry this client's address: kept for this
         #: session only, never pooled for others (as HAProxy keeps them private)
         self.private: dict[ServerRuntime, ServerConnection] = {}
+        #: a verified client certificate's subject (content switching may look at it)
         self.client_cert = client_cert
         self.local_host = local_host
-        self.tls = tls
         self.timeouts = frontend.config.timeouts
         self.limits = frontend.config.limits
         self.buffer = bytearray()  # received, not yet parsed (the next pipelined request)
-        counters = frontend.counters  # (the frontend counted this connection in; its peak here)
-        if counters.current_connections > counters.peak_connections:
-            counters.peak_connections = counters.current_connections
-        #: for ``show sessions``: when it started (monotonic), requests answered, the one under way
-        self.accepted = time.monotonic()
-        self.requests = 0
+        #: for ``show sessions``: the request under way
         self.request: RequestLog | None = None
-        self.log = frontend.log
         #: with client certificates configured, the header that carries the verified subject:
         #: (lower-case name, name, value or None); a client-sent header of that name never passes
         self.cert_header: tuple[bytes, bytes, bytes | None] | None = None
@@ -493,18 +471,6 @@ class ClientSession:
                     discarded += len(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-
-    def proxy_header(self, version: str) -> bytes:
-        """The PROXY header a ``send_proxy`` server connection of this client starts with."""
-        if self.destination is None:
-            self.destination = local_address(self.stream)
-        return header_for_server(
-            version,
-            (self.client_ip, self.client_port),
-            self.destination,
-            authority=self.sni,
-            alpn=self.alpn,
-        )
 
     # -- moving bytes ----------------------------------------------------------------------------
 

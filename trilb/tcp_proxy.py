@@ -32,7 +32,7 @@ from .core.clienthello import MAX_CLIENT_HELLO, NotClientHello, parse_client_hel
 from .core.routing import RequestView
 from .http_proxy import close_stream
 from .pool import ServerConnection
-from .proxy_header import header_for_server, local_address
+from .session import ClientConnection
 from .tunnel import Tunnel
 
 if TYPE_CHECKING:
@@ -44,27 +44,10 @@ __all__ = ["TCPSession"]
 HELLO_RECEIVE_SIZE = 16 * 1024
 
 
-class TCPSession:
+class TCPSession(ClientConnection):
     """One client connection of a TCP-mode frontend, from accept to close."""
 
-    __slots__ = (
-        "_killed",
-        "_scope",
-        "_timed_out",
-        "accepted",
-        "alpn",
-        "client_ip",
-        "client_port",
-        "destination",
-        "frontend",
-        "log",
-        "record",
-        "request",
-        "requests",
-        "sni",
-        "stream",
-        "tls",
-    )
+    __slots__ = ("_killed", "_scope", "record")
 
     def __init__(
         self,
@@ -77,16 +60,9 @@ class TCPSession:
         sni: str | None = None,
         alpn: str | None = None,
     ) -> None:
-        self.stream = stream
-        self.frontend = frontend
-        self.client_ip, self.client_port = peer
-        #: where the client connected to (from the PROXY header, else the socket), for send_proxy
-        self.destination = destination
-        self.tls = tls
-        self.sni = sni
-        self.alpn = alpn
-        self.log = frontend.log
-        self.accepted = time.monotonic()
+        super().__init__(
+            stream, frontend, peer, tls=tls, sni=sni, alpn=alpn, destination=destination
+        )
         self.record = RequestLog(
             client_ip=self.client_ip,
             client_port=self.client_port,
@@ -95,12 +71,13 @@ class TCPSession:
             tls=tls,
             mode="tcp",
         )
-        #: (``show sessions``) the connection as a whole is the one request
-        self.request: RequestLog | None = self.record
-        self.requests = 0
         self._scope = trio.CancelScope()
         self._killed = False
-        self._timed_out = False  # the last connect attempt ran out of time (sC, not SC)
+
+    @property
+    def request(self) -> RequestLog:
+        """(``show sessions``) the connection as a whole is the one request."""
+        return self.record
 
     async def run(self) -> None:
         """Relay until both sides are done, a side breaks, it idles out, or it is cut."""
@@ -194,10 +171,11 @@ class TCPSession:
             backend.take_slot(server)
             try:
                 upstream = await self._connect(backend, server)
-                if upstream is None:
+                if isinstance(upstream, OSError):
                     failures += 1
                     if failures > retries:
-                        record.termination = "sC" if self._timed_out else "SC"
+                        # HAProxy's words: "sC" timeout connect struck, "SC" refused (or other)
+                        record.termination = "sC" if isinstance(upstream, TimeoutError) else "SC"
                         return
                     record.retries += 1
                     continue
@@ -213,43 +191,19 @@ class TCPSession:
 
     async def _connect(
         self, backend: BackendRuntime, server: ServerRuntime
-    ) -> ServerConnection | None:
-        """A connection to ``server``, the PROXY header sent; None (logged) when it failed."""
-        record = self.record
+    ) -> ServerConnection | TimeoutError | OSError:
+        """A connection to ``server``, the PROXY header sent; the error (logged) when it
+        failed."""
         started = time.monotonic()
-        header = b""
-        if server.config.send_proxy is not None:
-            if self.destination is None:
-                self.destination = local_address(self.stream)
-            header = header_for_server(
-                server.config.send_proxy,
-                (self.client_ip, self.client_port),
-                self.destination,
-                authority=self.sni,
-                alpn=self.alpn,
-            )
-        timeout = backend.config.timeouts.connect
-        error: str
-        with trio.move_on_after(timeout):
-            try:
-                upstream = await server.connect(header)
-            except OSError as exc:
-                error = str(exc) or type(exc).__name__
-            else:
-                record.t_connect = millis(started, time.monotonic())
-                server.counters.total_connections += 1
-                return upstream
-        if time.monotonic() - started >= timeout:
-            error = f"no connection within {timeout:g}s"
-            self._timed_out = True
-        server.counters.connect_errors += 1
-        backend.observe(server, False, f"connect failed: {error}")
-        attempt = record.retries + 1
-        self.log.warning(
-            f"backend {backend.name}/{server.name}: connect failed "
-            f"(attempt {attempt} of {backend.config.retries + 1}): {error}"
-        )
-        return None
+        send_proxy = server.config.send_proxy
+        header = self.proxy_header(send_proxy) if send_proxy is not None else b""
+        try:
+            upstream = await backend.open_connection(server, header)
+        except OSError as exc:
+            self.log.warning(backend.connect_failed(server, exc, self.record.retries + 1))
+            return exc
+        self.record.t_connect = millis(started, time.monotonic())
+        return upstream
 
     async def _tunnel(
         self,
