@@ -23,6 +23,7 @@ import contextlib
 import os
 import socket
 import stat
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import trio
@@ -59,13 +60,22 @@ from .core.admin_commands import (
 )
 from .errors import ConfigError, StartupError, TrilbError
 from .net import BACKLOG, TCPListener, TCPStream
-from .stats import Statistics, TrafficStatistics
+from .stats import Statistics, TrafficStatistics, WorkerStatistics
 
 if TYPE_CHECKING:
     from .balancer import Balancer, ServerState
-    from .config import ServerConfig
+    from .config import Config, ServerConfig
+    from .logsink import LogSink
 
-__all__ = ["IDLE_TIMEOUT", "MAX_CLIENTS", "MAX_COMMANDS", "SEND_TIMEOUT", "serve_admin"]
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_CLIENTS",
+    "MAX_COMMANDS",
+    "SEND_TIMEOUT",
+    "serve_admin",
+    "stat_rows",
+    "worker_info",
+]
 
 #: admin connections served at once: an operator, a script or two, a monitoring agent. More get a
 #: one-line error and are closed at once, so a runaway script cannot hold the balancer's memory.
@@ -86,13 +96,13 @@ _ACCEPT_BACKOFF = 0.1
 
 
 async def serve_admin(
-    balancer: Balancer,
+    server: AdminConnections,
     config: AdminConfig,
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the admin socket for ``balancer`` until cancelled; ``task_status.started`` gets the
-    socket's path once it listens.
+    """Serve the admin socket with ``server`` (an :class:`AdminServer` for a balancer) until
+    cancelled; ``task_status.started`` gets the socket's path once it listens.
 
     Cancellation: the accept loop and every admin connection stop at once.
     Resource handling: the listener and connections are closed, and the socket file removed (if
@@ -104,8 +114,7 @@ async def serve_admin(
     listener, identity = open_admin_socket(config.socket, config.mode)
     try:
         async with trio.open_nursery() as nursery:
-            server = AdminServer(balancer)
-            balancer.log.info(f"admin socket listening on {config.socket}")
+            server.log.info(f"admin socket listening on {config.socket}")
             task_status.started(config.socket)
             await server.accept_loop(listener, nursery)
     finally:
@@ -154,12 +163,13 @@ def _remove_if_ours(path: str, identity: tuple[int, int]) -> None:
             os.unlink(path)
 
 
-class AdminServer:
-    """The admin connections of one balancer, and the commands run for them."""
+class AdminConnections:
+    """The admin socket's connections: lines in, :meth:`answer`'s answers out. What the
+    commands do is a subclass's: :class:`AdminServer` runs them on a balancer, the master
+    process of ``trilb serve`` on its workers (:mod:`trilb.master_admin`)."""
 
-    def __init__(self, balancer: Balancer) -> None:
-        self.lb = balancer
-        self.log = balancer.log
+    def __init__(self, log: LogSink) -> None:
+        self.log = log
         #: connections being served now
         self.clients = 0
 
@@ -215,6 +225,18 @@ class AdminServer:
         finally:
             self.clients -= 1
             stream.close()
+
+    async def answer(self, line: bytes) -> tuple[bytes, bool]:
+        """The answer to one line, and whether the connection goes on."""
+        raise NotImplementedError
+
+
+class AdminServer(AdminConnections):
+    """The admin connections of one balancer, and the commands run for them."""
+
+    def __init__(self, balancer: Balancer) -> None:
+        super().__init__(balancer.log)
+        self.lb = balancer
 
     async def answer(self, line: bytes) -> tuple[bytes, bool]:
         """The answer to one line, and whether the connection goes on."""
@@ -291,38 +313,7 @@ class AdminServer:
 
     def info(self) -> list[str]:
         lb = self.lb
-        stats = lb.statistics()
-        traffic = [fe.traffic for fe in stats.frontends]
-        servers = [s for b in stats.backends for s in b.servers]
-        uptime = lb.uptime
-        lines = [
-            "Name: trilb",
-            f"Version: {__version__}",
-            f"Pid: {os.getpid()}",
-            f"Uptime: {format_duration(uptime)}",
-            f"Uptime_sec: {int(uptime)}",
-            f"Maxconn: {lb.config.global_.max_connections}",
-            f"CurrConns: {sum(t.current_connections for t in traffic)}",
-            f"CumConns: {sum(t.total_connections for t in traffic)}",
-            f"CumReq: {sum(t.total_requests for t in traffic)}",
-            f"Stopping: {int(lb.draining)}",
-            f"Frontends: {len(stats.frontends)}",
-            f"Backends: {len(stats.backends)}",
-            f"Servers: {len(servers)}",
-            f"ServersUp: {sum(1 for s in servers if s.state == 'UP')}",
-        ]
-        for fe in stats.frontends:
-            lines.append(
-                f"Frontend: {fe.name} {' '.join(fe.addresses) or '-'} "
-                f"({fe.traffic.current_connections} connections)"
-            )
-        for backend in stats.backends:
-            up = sum(1 for s in backend.servers if s.state == "UP")
-            balance = lb.config.backend(backend.name).balance
-            lines.append(
-                f"Backend: {backend.name} {balance} ({up}/{len(backend.servers)} servers UP)"
-            )
-        return lines
+        return info_lines(lb.statistics(), lb.config, lb.uptime, lb.draining)
 
     def servers_state(self, backend: str | None) -> list[str]:
         if backend is not None:
@@ -412,12 +403,74 @@ class AdminServer:
             raise CommandError(message) from None
 
 
+def info_lines(stats: Statistics, config: Config, uptime: float, draining: bool) -> list[str]:
+    """``show info``. With worker processes the figures are the totals, ``Pid`` is this
+    (the master's) process, and as in HAProxy ``Nbproc`` says how many processes there
+    are; a ``Worker:`` line each follows the frontends and backends."""
+    traffic = [fe.traffic for fe in stats.frontends]
+    servers = [s for b in stats.backends for s in b.servers]
+    lines = [
+        "Name: trilb",
+        f"Version: {__version__}",
+        *([f"Nbproc: {len(stats.workers)}"] if stats.workers else []),
+        f"Pid: {os.getpid()}",
+        f"Uptime: {format_duration(uptime)}",
+        f"Uptime_sec: {int(uptime)}",
+        f"Maxconn: {config.global_.max_connections}",
+        f"CurrConns: {sum(t.current_connections for t in traffic)}",
+        f"CumConns: {sum(t.total_connections for t in traffic)}",
+        f"CumReq: {sum(t.total_requests for t in traffic)}",
+        f"Stopping: {int(draining)}",
+        f"Frontends: {len(stats.frontends)}",
+        f"Backends: {len(stats.backends)}",
+        f"Servers: {len(servers)}",
+        f"ServersUp: {sum(1 for s in servers if s.state == 'UP')}",
+    ]
+    for fe in stats.frontends:
+        lines.append(
+            f"Frontend: {fe.name} {' '.join(fe.addresses) or '-'} "
+            f"({fe.traffic.current_connections} connections)"
+        )
+    for backend in stats.backends:
+        up = sum(1 for s in backend.servers if s.state == "UP")
+        balance = config.backend(backend.name).balance
+        lines.append(f"Backend: {backend.name} {balance} ({up}/{len(backend.servers)} servers UP)")
+    lines += worker_info(stats.workers)
+    return lines
+
+
+def worker_info(workers: Iterable[WorkerStatistics]) -> list[str]:
+    """``show info``'s line for each worker process: ``Worker: 2 pid 4242 running (1 restart,
+    up 0d 0h03m10s)``; ``pid -`` and no uptime while no process runs."""
+    lines = []
+    for w in workers:
+        restarts = f"{w.restarts} restart{'' if w.restarts == 1 else 's'}"
+        if w.pid is None:
+            lines.append(f"Worker: {w.index} pid - {w.state} ({restarts})")
+        else:
+            uptime = format_duration(w.uptime)
+            lines.append(f"Worker: {w.index} pid {w.pid} {w.state} ({restarts}, up {uptime})")
+    return lines
+
+
 def stat_rows(stats: Statistics, draining: bool = False) -> list[StatRow]:
     """``show stat``'s rows, in HAProxy's meaning of each column: a FRONTEND row per frontend,
     then for each backend its servers' rows and a BACKEND row.
 
+    With worker processes those rows are the totals, with an empty ``pid`` (the figures are no
+    one process's); then come the same rows for each worker, ``pid`` its number (1..N), as
+    HAProxy's processes each give theirs. A worker that is stopping shows its frontends STOP.
+
     (``bin``/``bout`` are bytes from/to the clients for every row, as in HAProxy: for a server,
     what it was sent and what it answered.)"""
+    rows = _proxy_rows(stats, draining, None)
+    for worker in stats.workers:
+        stopping = draining or worker.state == "stopping"
+        rows += _proxy_rows(worker.statistics, stopping, worker.index)
+    return rows
+
+
+def _proxy_rows(stats: Statistics, draining: bool, pid: int | None) -> list[StatRow]:
     rows: list[StatRow] = []
     for fe in stats.frontends:
         t = fe.traffic
@@ -431,6 +484,7 @@ def stat_rows(stats: Statistics, draining: bool = False) -> list[StatRow]:
                 "bin": t.bytes_in,
                 "bout": t.bytes_out,
                 "status": "STOP" if draining else "OPEN",
+                "pid": pid,
                 "type": 0,
                 **_responses(t),
                 "req_tot": t.total_requests,
@@ -455,6 +509,7 @@ def stat_rows(stats: Statistics, draining: bool = False) -> list[StatRow]:
                     "act": 0 if s.backup else 1,
                     "bck": 1 if s.backup else 0,
                     "downtime": int(s.downtime),
+                    "pid": pid,
                     "type": 2,
                     "check_status": check_code(s.check_status),
                     **_responses(t),
@@ -482,6 +537,7 @@ def stat_rows(stats: Statistics, draining: bool = False) -> list[StatRow]:
                 "weight": sum(s.weight for s in serving),
                 "act": sum(1 for s in serving if not s.backup),
                 "bck": sum(1 for s in serving if s.backup),
+                "pid": pid,
                 "type": 1,
                 **_responses(t),
                 "req_tot": t.total_requests,

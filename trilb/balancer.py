@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from .admin import serve_admin
+from .admin import AdminServer, serve_admin
 from .backend import ServerRuntime
 from .config import Address, Config, load_config
 from .core.health import HealthState
@@ -68,12 +68,14 @@ class Balancer:
         slots: ConnectionSlots,
         *,
         config_path: str | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.config = runtime.config
         self.log = log
         #: the file the configuration was read from (``trilb serve``): what SIGHUP and the admin
         #: socket's ``reload`` read again; None when the embedding program built the Config
         self.config_path = config_path
+        self._reuse_port = reuse_port  # (what a reload binds new addresses with, too)
         self._runtime = runtime
         self._frontends = runtime.frontends
         self._backends = runtime.backends
@@ -278,7 +280,7 @@ class Balancer:
                 serve_stats, self, self.config.stats, self.log
             )
         if self.config.admin is not None:
-            await nursery.start(serve_admin, self, self.config.admin)
+            await nursery.start(serve_admin, AdminServer(self), self.config.admin)
 
     def _close_everything(self) -> None:
         """Close listeners and idle server connections (idempotent; also before any run)."""
@@ -375,7 +377,7 @@ class Balancer:
         running = self._runtime
         plan = plan_listeners(running.config.frontends, config.frontends)
         kept = {new: running.listeners[old] for new, old in plan.keep.items()}
-        new = await build_runtime(config, self.log, self._slots, kept)
+        new = await build_runtime(config, self.log, self._slots, kept, reuse_port=self._reuse_port)
         if self._drain_started.is_set():  # (a drain started while names were resolved)
             new.close_listeners(plan.open)
             raise StartupError("cannot reload: the balancer is draining")
@@ -502,6 +504,7 @@ async def serve(
     *,
     log: LogSink | None = None,
     config_path: str | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[Balancer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a balancer for ``config`` until it is drained or cancelled.
@@ -509,6 +512,10 @@ async def serve(
     Use it as ``lb = await nursery.start(trilb.serve, config)``: that returns once every listener
     is bound (port 0 works; see ``lb.addresses``). ``config_path``: the file ``config`` was read
     from, read again by :meth:`Balancer.reload_config_file` (SIGHUP, ``trilb ctl reload``).
+    ``reuse_port``: bind TCP addresses with SO_REUSEPORT, so that several processes can serve the
+    same ports, the kernel spreading connections over them (``trilb serve`` does this for its
+    workers when ``global.workers`` is more than 1; a balancer started here is one process
+    whatever ``global.workers`` says).
 
     Cancellation: cancelling the task stops at once, closing every connection.
     Resource handling: listeners, client and server connections are all closed when it returns.
@@ -516,18 +523,20 @@ async def serve(
     :class:`~trilb.errors.ConfigError` (a server name that does not resolve) before starting;
     afterwards, errors of one connection end that connection only and are logged.
     """
-    balancer = await _prepare(config, log, config_path)
+    balancer = await _prepare(config, log, config_path, reuse_port=reuse_port)
     await balancer._run(task_status)
 
 
-async def _prepare(config: Config, log: LogSink | None, config_path: str | None) -> Balancer:
+async def _prepare(
+    config: Config, log: LogSink | None, config_path: str | None, *, reuse_port: bool = False
+) -> Balancer:
     """Everything that can fail before the balancer runs: names resolved, certificates checked,
     ports bound. (Kept out of any nursery, so its errors reach the caller as themselves.)"""
     log = log if log is not None else LogSink.from_config(config.log)
     # Connections beyond the global cap wait in the kernel's listen backlog.
     slots = ConnectionSlots(config.global_.max_connections)
-    runtime = await build_runtime(config, log, slots)
-    return Balancer(runtime, log, slots, config_path=config_path)
+    runtime = await build_runtime(config, log, slots, reuse_port=reuse_port)
+    return Balancer(runtime, log, slots, config_path=config_path, reuse_port=reuse_port)
 
 
 @asynccontextmanager

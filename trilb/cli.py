@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
@@ -21,6 +19,7 @@ from ._version import __version__
 from .balancer import Balancer, load_frontend_tls, serve
 from .config import Config, load_config
 from .core.accesslog import AccessLogFormatter
+from .daemon import StartBalancer, run_until_signalled
 from .errors import ConfigError, TrilbError
 from .logsink import NORMAL, QUIET, VERBOSE, LogSink
 from .process import PidFile, check_can_switch, drop_privileges, resolve_identity
@@ -30,8 +29,6 @@ from .systemd import Notifier
 __all__ = ["main"]
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
-
-StartBalancer = Callable[..., Awaitable[None]]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM, how long requests in flight may take to finish (overrides "
         "global.timeout_drain, default 30)",
     )
+    # a worker process of ``trilb serve`` (global.workers > 1); not listed in the help
+    worker_cmd = commands.add_parser("_worker")
+    worker_cmd.add_argument("config")
+    worker_cmd.add_argument("--index", type=int, required=True)
+    worker_cmd.add_argument("--control-fd", type=int, required=True)
+    worker_cmd.add_argument("--grace", type=float, default=None)
     check_cmd = commands.add_parser("check", help="validate a config file and exit (0 = valid)")
     check_cmd.add_argument("config", help="path to config.toml")
     demo_cmd = commands.add_parser(
@@ -143,6 +146,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _check(args.config)
     if args.command == "serve":
         return _serve(args.config, args.grace, verbosity)
+    if args.command == "_worker":
+        return _worker(args, verbosity)
     if args.command == "demo":
         from .demo import run_demo
 
@@ -151,7 +156,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         start = functools.partial(
             run_demo, args.port, max(1, args.backends), log=log, certs_dir=certs_dir
         )
-        trio.run(_run_until_signalled, start, log, 5.0)
+        trio.run(run_until_signalled, start, log, 5.0)
         return EXIT_OK
     if args.command == "route":
         from .explain import explain_request
@@ -185,8 +190,10 @@ def _serve(path: str, grace: float | None, verbosity: int) -> int:
     if pidfile is not None:
         pidfile.check()
     log = LogSink.from_config(config.log, verbosity=verbosity)
+    if config.global_.workers > 1:
+        return _serve_workers(config, os.path.abspath(path), grace, verbosity, log, pidfile)
 
-    def started() -> None:
+    def started(lb: Balancer) -> None:
         # listeners, log target, admin socket: all open; from here on, nothing needs root
         if pidfile is not None:
             pidfile.write()
@@ -201,7 +208,7 @@ def _serve(path: str, grace: float | None, verbosity: int) -> int:
     try:
         trio.run(
             functools.partial(
-                _run_until_signalled,
+                run_until_signalled,
                 start,
                 log,
                 drain,
@@ -213,6 +220,46 @@ def _serve(path: str, grace: float | None, verbosity: int) -> int:
         if pidfile is not None and not pidfile.remove():
             log.info(f"pidfile {pidfile.path} left behind: no permission to remove it")
         log.close()
+    return EXIT_OK
+
+
+def _serve_workers(
+    config: Config,
+    path: str,
+    grace: float | None,
+    verbosity: int,
+    log: LogSink,
+    pidfile: PidFile | None,
+) -> int:
+    """``trilb serve`` with ``global.workers`` > 1: this process becomes the master
+    (:mod:`trilb.master`). It keeps its privileges, to start a worker again: each worker drops
+    them once its listeners are bound."""
+    from .master import Master
+
+    log.prefix = "master: "
+    flags = {VERBOSE: ["-v"], QUIET: ["-q"]}.get(verbosity, [])
+    master = Master(
+        config,
+        path,
+        log,
+        grace=grace,
+        verbosity_flags=flags,
+        notifier=Notifier.from_environment(),
+    )
+    try:
+        trio.run(functools.partial(master.run, on_started=pidfile.write if pidfile else None))
+    finally:
+        if pidfile is not None and not pidfile.remove():
+            log.info(f"pidfile {pidfile.path} left behind: no permission to remove it")
+        log.close()
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace, verbosity: int) -> int:
+    """``trilb _worker`` (not for people: the master starts it) runs one worker process."""
+    from .worker import run_worker
+
+    run_worker(args.config, args.index, args.control_fd, args.grace, verbosity)
     return EXIT_OK
 
 
@@ -261,84 +308,3 @@ def _print_config_errors(path: str, exc: ConfigError) -> None:
     print(f"trilb: {path}: {count} error{'s' if count != 1 else ''}:", file=sys.stderr)
     for problem in exc.problems:
         print(f"  {problem}", file=sys.stderr)
-
-
-async def _run_until_signalled(
-    start: StartBalancer,
-    log: LogSink,
-    grace: float,
-    *,
-    notifier: Notifier | None = None,
-    on_started: Callable[[], None] | None = None,
-) -> None:
-    """Run the balancer until a signal stops it:
-
-    * SIGTERM or SIGINT drains it: listeners close, idle keep-alive connections close, requests
-      in flight and tunnels get up to ``grace`` seconds to finish, then the rest are cut;
-    * SIGUSR1 drains it without a time limit: it ends when the last connection has;
-    * any of the three while draining stops at once.
-
-    SIGUSR2 reopens the log file (after logrotate moved it). SIGHUP reloads: the config file is
-    read again and the balancer switches to it (:meth:`Balancer.reload`); an invalid file is
-    logged, one line per problem, and the running configuration goes on.
-
-    ``on_started`` runs once the balancer serves (every listener bound); then ``notifier``
-    (systemd) hears READY=1, and STOPPING=1 when a drain starts."""
-    notifier = notifier if notifier is not None else Notifier()
-    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
-    with trio.open_signal_receiver(*watched) as signals:
-        async with trio.open_nursery() as nursery:
-            lb: Balancer = await nursery.start(start)
-            if on_started is not None:
-                on_started()
-            notifier.ready()
-            nursery.start_soon(notifier.run_watchdog)
-
-            # the signal that started the drain (lb.draining is set once its task has run)
-            drain_signal: list[str] = []
-
-            async def drain_then_stop(limit: float) -> None:
-                await lb.drain(limit)
-                nursery.cancel_scope.cancel()
-
-            async def watch_signals() -> None:
-                async for signum in signals:
-                    if signum == signal.SIGUSR2:
-                        log.reopen()
-                        log.info("SIGUSR2 received: log target reopened")
-                    elif signum == signal.SIGHUP:
-                        nursery.start_soon(_reload, lb, log, notifier)
-                    elif not drain_signal and not lb.draining:
-                        name = signal.Signals(signum).name
-                        drain_signal.append(name)
-                        notifier.stopping()
-                        if signum == signal.SIGUSR1:
-                            log.info(
-                                f"{name} received: draining until every connection has ended "
-                                "(a second signal stops now)"
-                            )
-                            nursery.start_soon(drain_then_stop, math.inf)
-                        else:
-                            log.info(f"{name} received: draining (again to stop now)")
-                            nursery.start_soon(drain_then_stop, grace)
-                    else:
-                        name = signal.Signals(signum).name
-                        again = "again" if name in drain_signal else "while draining"
-                        log.info(f"{name} received {again}: stopping now")
-                        nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch_signals)
-
-
-async def _reload(lb: Balancer, log: LogSink, notifier: Notifier) -> None:
-    """SIGHUP: read the config file again and switch to it. A failure is logged by the balancer
-    (one line per problem) and the running configuration goes on; systemd hears RELOADING=1,
-    then READY=1 either way."""
-    log.info("SIGHUP received: reloading the configuration")
-    notifier.reloading()
-    try:
-        await lb.reload_config_file()
-    except TrilbError:
-        pass  # logged; the previous configuration keeps running
-    finally:
-        notifier.ready()

@@ -2,15 +2,17 @@
 
 In the spirit of HAProxy's stats page: a table of the frontends, then one per backend with a row
 per server and the backend's own row; states in colour (UP green, DOWN red, DRAIN orange, MAINT
-grey). It works without JavaScript (a ``<noscript>`` meta refresh); with it, a small script
-fetches the page every ``refresh`` seconds and swaps the tables in place (no flicker, the scroll
-position stays), and says so when an update fails. On a narrow screen (a phone) every row
-becomes a card of labelled values. The page loads nothing from elsewhere, and its
-Content-Security-Policy (:data:`CONTENT_SECURITY_POLICY`) allows only its own inline script and
-style.
+grey). With worker processes (``global.workers``) these are the totals over them, and a first
+table has a row per worker. It works without JavaScript (a ``<noscript>`` meta refresh); with
+it, a small script fetches the page every ``refresh`` seconds and swaps the tables in place (no
+flicker, the scroll position stays), and says so when an update fails. On a narrow screen (a
+phone) every row becomes a card of labelled values. The page loads nothing from elsewhere, and
+its Content-Security-Policy (:data:`CONTENT_SECURITY_POLICY`) allows only its own inline script
+and style.
 
 Only configured names appear: no version, no host name, no addresses (neither the listeners' nor
-the servers'), so the page can be shown to whoever may see the traffic figures.
+the servers'), so the page can be shown to whoever may see the traffic figures. (The workers'
+process ids do appear.)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .stats import (
     ServerStatistics,
     StatsView,
     TrafficStatistics,
+    WorkerStatistics,
 )
 
 __all__ = ["CONTENT_SECURITY_POLICY", "render_html", "short_check_status"]
@@ -257,6 +260,29 @@ _BACKEND_COLUMNS: list[Column] = [
     ("", "Downtime"),
 ]
 
+_WORKER_COLUMNS: list[Column] = [
+    ("", "Worker"),
+    ("", "State"),
+    ("", "PID"),
+    ("", "Restarts"),
+    ("", "Uptime"),
+    ("Sessions", "Cur"),
+    ("Sessions", "Total"),
+    ("Requests", "Total"),
+    ("Bytes", "In"),
+    ("Bytes", "Out"),
+]
+
+#: a worker's state in the colours of the others (the page's style, and so its
+#: Content-Security-Policy, stay the same): running green, on its way orange, stopped red
+_WORKER_COLOURS = {
+    "running": "UP",
+    "starting": "DRAIN",
+    "restarting": "DRAIN",
+    "stopping": "STOP",
+    "stopped": "DOWN",
+}
+
 # a cell: (text, css class, tooltip); text is escaped, except a cell made by _badge (html)
 Cell = tuple[str, str, str]
 
@@ -414,6 +440,37 @@ def _backend_section(backend: BackendStatistics, view: StatsView) -> str:
     )
 
 
+def _worker_row(worker: WorkerStatistics) -> str:
+    t = worker.traffic
+    colour = _WORKER_COLOURS.get(worker.state, "DOWN")
+    running = worker.pid is not None
+    cells = [
+        _text(f"Worker {worker.index}", "name"),
+        (f'<span class="st st-{colour}">{_esc(worker.state)}</span>', "state", ""),
+        _text(worker.pid if running else "-"),
+        _text(worker.restarts),
+        _text(_duration(worker.uptime) if running else "-"),
+        _text(t.current_connections),
+        _text(t.total_connections),
+        _text(t.total_requests),
+        *_bytes_cells(t),
+    ]
+    return _row(_WORKER_COLUMNS, cells, f"row-{colour}")
+
+
+def _workers_section(workers: Sequence[WorkerStatistics]) -> str:
+    """A row per worker process, with its own figures (since its process started)."""
+    if not workers:
+        return ""
+    running = sum(1 for w in workers if w.state == "running")
+    rows = "".join(_worker_row(worker) for worker in workers)
+    return (
+        f"<section><h2>Workers <small>{running} of {len(workers)} running</small></h2>"
+        f'<div class="scroll"><table>{_head(_WORKER_COLUMNS)}<tbody>{rows}</tbody>'
+        "</table></div></section>"
+    )
+
+
 def render_html(view: StatsView) -> bytes:
     stats = view.statistics
     frontends = "".join(_frontend_row(fe, view) for fe in stats.frontends)
@@ -423,7 +480,8 @@ def render_html(view: StatsView) -> bytes:
         f'<p class="meta">up {_duration(view.uptime)}{draining} · rates and response times '
         f'over the last {view.window:g}s · <span id="updated">refreshes every '
         f"{view.refresh:g}s</span></p>"
-        "<section><h2>Frontends</h2>"
+        + _workers_section(stats.workers)
+        + "<section><h2>Frontends</h2>"
         f'<div class="scroll"><table>{_head(_FRONTEND_COLUMNS)}<tbody>{frontends}</tbody>'
         "</table></div></section>"
         + "".join(_backend_section(backend, view) for backend in stats.backends)

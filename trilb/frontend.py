@@ -382,12 +382,12 @@ def _listener_address(listener: TCPListener) -> Address:
     return Address(path=str(name))
 
 
-def open_listeners(config: FrontendConfig) -> list[TCPListener]:
+def open_listeners(config: FrontendConfig, *, reuse_port: bool = False) -> list[TCPListener]:
     """Bind every address of a frontend; on any failure close what was opened and say which."""
     listeners: list[TCPListener] = []
     try:
         for index in range(len(config.bind)):
-            listeners.extend(open_listener(config, index))
+            listeners.extend(open_listener(config, index, reuse_port=reuse_port))
     except BaseException:
         for listener in listeners:
             listener.close()
@@ -395,14 +395,17 @@ def open_listeners(config: FrontendConfig) -> list[TCPListener]:
     return listeners
 
 
-def open_listener(config: FrontendConfig, index: int) -> list[TCPListener]:
+def open_listener(
+    config: FrontendConfig, index: int, *, reuse_port: bool = False
+) -> list[TCPListener]:
     """Bind the frontend's ``bind[index]`` (``*:80`` makes two listeners, IPv4 and IPv6);
-    StartupError naming it when that fails."""
+    StartupError naming it when that fails. ``reuse_port``: see :func:`~trilb.net.bind_tcp`
+    (TCP addresses only)."""
     address = config.bind[index]
     try:
         if address.path is not None:
             return [bind_unix(address.path, backlog=config.backlog)]
-        return bind_tcp(address.host, address.port, backlog=config.backlog)
+        return bind_tcp(address.host, address.port, backlog=config.backlog, reuse_port=reuse_port)
     except OSError as exc:
         raise StartupError(
             f"frontends.{config.name}.bind[{index}]: cannot listen on {address}: "

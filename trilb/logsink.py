@@ -83,6 +83,7 @@ class LogSink:
         "_writer_ran",
         "_writing",
         "dropped",
+        "prefix",
         "verbosity",
     )
 
@@ -106,6 +107,8 @@ class LogSink:
         self._target = open_target(target, facility=facility) if isinstance(target, str) else target
         self._syslog = isinstance(self._target, SyslogTarget)
         self.verbosity = verbosity
+        #: put before every message (not access log lines): "worker 2: " in a worker process
+        self.prefix = ""
         #: lines dropped so far: the queue was full, or the target failed to take them
         self.dropped = 0
         self._unreported = 0  # dropped since the last "log lines dropped" warning
@@ -156,6 +159,7 @@ class LogSink:
     def _message(self, level: str, message: str) -> None:
         if self._target is None:
             return
+        message = self.prefix + message
         if self._json:
             line = _json_message(level, message)
         elif self._syslog:  # the syslog header has the time and "trilb"

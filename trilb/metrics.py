@@ -3,7 +3,11 @@
 * :func:`render_json` -- ``/stats.json``: what the dashboard shows.
 * :func:`render_metrics` -- ``/metrics``: Prometheus' text format 0.0.4, every name in the
   ``trilb_`` namespace, labelled ``frontend``, ``backend`` and ``server`` (and ``code`` for the
-  status class, ``state`` for a server's state, ``le`` for histogram buckets).
+  status class, ``state`` for a server's or worker's state, ``le`` for histogram buckets).
+
+With worker processes (``global.workers``) the figures are the totals over them, and each
+worker has its own ``trilb_worker_*`` series (labelled ``worker``, its number) and an entry in
+``/stats.json``'s ``workers``; without workers, neither appears.
 
 Frontend sessions are client connections; backend and server sessions are the requests they
 serve (as HAProxy counts them for HTTP). Only configured names appear: no version, no
@@ -18,7 +22,14 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
-from .stats import HistogramSnapshot, Recent, StatsView, TrafficStatistics
+from .stats import (
+    WORKER_STATES,
+    HistogramSnapshot,
+    Recent,
+    StatsView,
+    TrafficStatistics,
+    WorkerStatistics,
+)
 
 __all__ = ["METRICS_CONTENT_TYPE", "render_json", "render_metrics"]
 
@@ -46,7 +57,7 @@ def render_json(view: StatsView) -> bytes:
     TrafficStatistics fields), states, and the recent rates; no addresses."""
     stats = view.statistics
     state = "STOP" if view.draining else "OPEN"
-    document = {
+    document: dict[str, object] = {
         "uptime": view.uptime,
         "refresh": view.refresh,
         "window": view.window,
@@ -90,7 +101,20 @@ def render_json(view: StatsView) -> bytes:
             for be in stats.backends
         ],
     }
+    if stats.workers:
+        document["workers"] = [_worker_json(worker) for worker in stats.workers]
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def _worker_json(worker: WorkerStatistics) -> dict[str, object]:
+    return {
+        "index": worker.index,
+        "pid": worker.pid,
+        "state": worker.state,
+        "restarts": worker.restarts,
+        "uptime": worker.uptime,
+        "traffic": attrs.asdict(worker.traffic),  # its frontends', since its process started
+    }
 
 
 # -- Prometheus ------------------------------------------------------------------------------------
@@ -203,6 +227,45 @@ _SERVER_METRICS: list[tuple[str, str, str, Getter]] = [
     ("bytes_out_total", "counter", "Bytes sent to the server(s).", lambda t: t.bytes_out),
 ]
 _STATES = ("UP", "DOWN", "DRAIN", "MAINT")
+#: (name after trilb_worker_, type, help, value): a worker's frontends summed
+_WORKER_METRICS: list[tuple[str, str, str, Getter]] = [
+    (
+        "current_sessions",
+        "gauge",
+        "Client connections open in the worker.",
+        lambda t: t.current_connections,
+    ),
+    (
+        "sessions_total",
+        "counter",
+        "Client connections the worker's process accepted.",
+        lambda t: t.total_connections,
+    ),
+    (
+        "current_requests",
+        "gauge",
+        "Requests in progress in the worker.",
+        lambda t: t.current_requests,
+    ),
+    (
+        "requests_total",
+        "counter",
+        "Requests the worker's process received.",
+        lambda t: t.total_requests,
+    ),
+    (
+        "bytes_in_total",
+        "counter",
+        "Bytes the worker's process received from clients.",
+        lambda t: t.bytes_in,
+    ),
+    (
+        "bytes_out_total",
+        "counter",
+        "Bytes the worker's process sent to clients.",
+        lambda t: t.bytes_out,
+    ),
+]
 
 
 def _by_class(traffic: TrafficStatistics) -> list[tuple[str, int]]:
@@ -321,4 +384,40 @@ def render_metrics(view: StatsView) -> bytes:
         "Time from sending a request to the server to the end of its response.",
         ((lb, s.response_time) for lb, s in srvs),
     )
+    if stats.workers:
+        _worker_metrics(out, stats.workers)
     return out.text()
+
+
+def _worker_metrics(out: _Exposition, workers: Iterable[WorkerStatistics]) -> None:
+    """Each worker's series. Its counters are its process' own: they start over when the
+    process is replaced (a counter reset, to Prometheus); the totals above do not."""
+    wks = [(_labels(worker=str(w.index)), w) for w in workers]
+    out.family(
+        "trilb_worker_up",
+        "gauge",
+        "1 while the worker's process is running, else 0.",
+        ((lb, int(w.state == "running")) for lb, w in wks),
+    )
+    out.family(
+        "trilb_worker_state",
+        "gauge",
+        "The worker's state (" + ", ".join(WORKER_STATES) + "): 1 for the current one.",
+        ((_with(lb, "state", st), int(w.state == st)) for lb, w in wks for st in WORKER_STATES),
+    )
+    out.family(
+        "trilb_worker_restarts_total",
+        "counter",
+        "Times the worker's process was replaced.",
+        ((lb, w.restarts) for lb, w in wks),
+    )
+    out.family(
+        "trilb_worker_uptime_seconds",
+        "gauge",
+        "Seconds since the worker's process started (0 while none runs).",
+        ((lb, w.uptime) for lb, w in wks),
+    )
+    traffic = [(lb, w.traffic) for lb, w in wks]
+    for suffix, kind, help_text, get in _WORKER_METRICS:
+        samples = ((lb, get(t)) for lb, t in traffic)
+        out.family(f"trilb_worker_{suffix}", kind, help_text, samples)

@@ -267,9 +267,14 @@ async def connect(family: int, address: object) -> TCPStream:
     return TCPStream(sock)
 
 
-def bind_tcp(host: str | None, port: int, *, backlog: int = BACKLOG) -> list[TCPListener]:
+def bind_tcp(
+    host: str | None, port: int, *, backlog: int = BACKLOG, reuse_port: bool = False
+) -> list[TCPListener]:
     """Listen on ``host``:``port``; ``host=None`` means every address, IPv4 and IPv6 (each its own
-    socket, IPv6 ones with IPV6_V6ONLY, as trio.open_tcp_listeners does)."""
+    socket, IPv6 ones with IPV6_V6ONLY, as trio.open_tcp_listeners does).
+
+    ``reuse_port``: SO_REUSEPORT, so that other processes of the same user can listen on the same
+    address and the kernel spreads new connections over them all (``trilb serve``'s workers)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     listeners: list[TCPListener] = []
     seen = set()
@@ -281,6 +286,8 @@ def bind_tcp(host: str | None, port: int, *, backlog: int = BACKLOG) -> list[TCP
             sock = socket.socket(family, type_, proto)
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 # Accepted connections inherit it: one system call per listener, not per client.
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if family == socket.AF_INET6:

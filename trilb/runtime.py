@@ -76,13 +76,15 @@ async def build_runtime(
     log: LogSink,
     slots: ConnectionSlots,
     kept: Mapping[BindRef, list[TCPListener]] | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> Runtime:
     """Resolve the backends, read the certificates, compile the rules and bind the listeners of
     ``config``; binds in ``kept`` take those (already open) listeners instead.
 
     Error handling: ConfigError (a name that does not resolve, a certificate or a rule that is
     wrong) or StartupError (a port in use); then every listener this call opened is closed
-    again, and the ``kept`` ones are left as they were.
+    again, and the ``kept`` ones are left as they were. ``reuse_port``: bind with SO_REUSEPORT.
     """
     kept = kept or {}
     backends: dict[str, BackendRuntime] = {}
@@ -104,7 +106,7 @@ async def build_runtime(
                 if ref in kept:
                     listeners[ref] = kept[ref]
                 else:
-                    listeners[ref] = open_listener(fe_config, index)
+                    listeners[ref] = open_listener(fe_config, index, reuse_port=reuse_port)
                     opened.extend(listeners[ref])
         for fe_config in config.frontends:
             backend = fe_config.default_backend

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -240,10 +241,11 @@ ONE_PROBLEM: list[tuple[str, dict[str, Any], str, str]] = [
     ("bad-frontend-name", {"frontends": {"web": DELETE, "my web": MINIMAL["frontends"]["web"]}}, "frontends.my web", f'the name {NAME_RULE}, got "my web"'),
     ("empty-backend-name", {"backends": {"": {"servers": []}}}, "backends.", "the name must be made of"),
     # [global]
-    ("workers-many", {"global": {"workers": 4}}, "global.workers", "only 1 is supported for now (multi-process workers are planned), got 4"),
-    ("workers-auto", {"global": {"workers": "auto"}}, "global.workers", 'workers are planned), got "auto"'),
-    ("workers-zero", {"global": {"workers": 0}}, "global.workers", "must be an integer >= 1, got 0"),
-    ("workers-bool", {"global": {"workers": True}}, "global.workers", "must be an integer >= 1, got true"),
+    ("workers-zero", {"global": {"workers": 0}}, "global.workers", 'must be an integer >= 1 or "auto", got 0'),
+    ("workers-bool", {"global": {"workers": True}}, "global.workers", 'must be an integer >= 1 or "auto", got true'),
+    ("workers-word", {"global": {"workers": "all"}}, "global.workers", 'must be an integer >= 1 or "auto", got "all"'),
+    ("workers-port-0", {"global": {"workers": 2}, "frontends": {"web": {"bind": ["127.0.0.1:0"]}}}, "frontends.web.bind[0]", "port 0 would give each worker a different port: it needs global.workers = 1"),
+    ("workers-unix", {"global": {"workers": 2}, "frontends": {"web": {"bind": ["unix:/run/web.sock"]}}}, "frontends.web.bind[0]", "a unix socket can't be shared by several workers"),
     ("max-connections-bool", {"global": {"max_connections": True}}, "global.max_connections", "integer >= 1, got true"),
     ("max-connections-float", {"global": {"max_connections": 1.5}}, "global.max_connections", "integer >= 1, got 1.5"),
     ("pidfile-empty", {"global": {"pidfile": ""}}, "global.pidfile", 'must be a non-empty string, got ""'),
@@ -425,10 +427,20 @@ def test_one_problem(change: dict[str, Any], key_path: str, message: str) -> Non
     assert message in found[0][1]
 
 
+def test_workers_auto_is_one_per_usable_cpu() -> None:
+    config = loads_config('[global]\nworkers = "auto"\n' + MINIMAL_TOML.replace(":0", ":8080"))
+    assert config.global_.workers == len(os.sched_getaffinity(0))
+
+
+def test_several_workers_take_fixed_ports() -> None:
+    config = loads_config("[global]\nworkers = 3\n" + MINIMAL_TOML.replace(":0", ":8080"))
+    assert config.global_.workers == 3
+
+
 def test_every_problem_is_reported_together() -> None:
     text = """
     [global]
-    workers = "auto"
+    workers = "many"
     [defaults]
     timeout_conect = "5s"
     [frontends.web]
@@ -444,8 +456,7 @@ def test_every_problem_is_reported_together() -> None:
     with pytest.raises(ConfigError) as info:
         loads_config(text)
     assert [str(p) for p in info.value.problems] == [
-        "global.workers: only 1 is supported for now (multi-process workers are planned), "
-        'got "auto"',
+        'global.workers: must be an integer >= 1 or "auto", got "many"',
         "defaults.timeout_conect: unknown key (did you mean 'timeout_connect'?)",
         'frontends.web.bind[1]: must be "host:port", got "nonsense" (no port)',
         "frontends.web.rate_limit.period: required",

@@ -32,6 +32,10 @@ from e2e_support import (
 pytestmark = pytest.mark.e2e
 
 CONFIG = """
+[global]
+workers = {workers}
+{global_extra}
+
 [admin]
 socket = "{socket}"
 
@@ -48,7 +52,7 @@ servers = [
 
 SERVER = '  {{ name = "{name}", address = "127.0.0.1:{port}", weight = {weight} }},'
 
-#: the servers and weights of each configuration: the first, then five SIGHUP reloads
+#: the servers and weights of each configuration: the first, then ten SIGHUP reloads
 PLANS: list[dict[str, int]] = [
     {"b1": 100, "b2": 100},
     {"b2": 50, "b3": 150},
@@ -56,6 +60,11 @@ PLANS: list[dict[str, int]] = [
     {"b4": 100},
     {"b1": 100, "b2": 100, "b3": 100, "b4": 100},
     {"b2": 200, "b4": 1},
+    {"b1": 1, "b3": 256},
+    {"b3": 100},
+    {"b4": 30, "b2": 70},
+    {"b1": 100, "b4": 100, "b3": 5},
+    {"b2": 100, "b1": 100},
 ]
 
 #: how long one client request may take (a loaded machine; a reload takes milliseconds)
@@ -73,13 +82,28 @@ class Serve:
     output: Path
     backends: dict[str, int]
     cwd: Path
+    #: 1: one process; 2: a master and two workers (trilb.master)
+    workers: int = 1
 
-    def write(self, plan: dict[str, int], *, extra: str = "") -> None:
+    @property
+    def reloaded(self) -> str:
+        """The log line that says a reload is complete (the master's, with workers)."""
+        where = "master: " if self.workers > 1 else ""
+        return f"info: {where}reloaded: 1 frontends, 1 backends"
+
+    def write(self, plan: dict[str, int], *, extra: str = "", global_extra: str = "") -> None:
         servers = "\n".join(
             SERVER.format(name=name, port=self.backends[name], weight=weight)
             for name, weight in plan.items()
         )
-        text = CONFIG.format(socket=self.socket, port=self.port, servers=servers) + extra
+        text = CONFIG.format(
+            socket=self.socket,
+            port=self.port,
+            servers=servers,
+            workers=self.workers,
+            global_extra=global_extra,
+        )
+        text += extra
         temporary = self.config.with_suffix(".tmp")
         temporary.write_text(text)
         os.replace(temporary, self.config)  # as an editor or a deploy tool saves it
@@ -111,10 +135,11 @@ class Serve:
         )
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Serve]:
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
+def serve(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Serve]:
     """``trilb serve`` in front of ``PLANS[0]`` (backends b1..b4 all run), with an admin socket,
-    on a free port (another one if someone took it meanwhile)."""
+    on a free port (another one if someone took it meanwhile); as one process, and as a master
+    with two workers."""
     procs: list[subprocess.Popen[bytes]] = []
     backends: dict[str, int] = {}
     started: list[Serve] = []
@@ -133,6 +158,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
                 output=output,
                 backends=backends,
                 cwd=tmp_path,
+                workers=request.param,
             )
             running.write(PLANS[0])
             with output.open("wb") as out:
@@ -261,7 +287,7 @@ def test_sighup_reloads_under_load_without_a_failure(serve: Serve) -> None:
             load.wait_more(30)
             serve.write(plan)
             serve.sighup()
-            serve.wait_log("reloaded: 1 frontends, 1 backends", number)
+            serve.wait_log(serve.reloaded, number)
         load.wait_more(30)
         assert served_by(serve, 6) <= set(PLANS[-1])
     finally:
@@ -282,7 +308,7 @@ def test_sighup_reloads_under_load_without_a_failure(serve: Serve) -> None:
 
 def test_an_invalid_file_keeps_the_running_configuration(serve: Serve) -> None:
     assert served_by(serve, 4) == {"b1", "b2"}
-    serve.write({"b3": 100}, extra='\n[global]\nmax_conections = 3\ntimeout_drain = "soon"\n')
+    serve.write({"b3": 100}, global_extra='max_conections = 3\ntimeout_drain = "soon"\n')
     serve.sighup()
     serve.wait_log("reload failed (2 errors); the running configuration is unchanged")
     log = serve.log()
@@ -293,7 +319,7 @@ def test_an_invalid_file_keeps_the_running_configuration(serve: Serve) -> None:
     # fixed: the next SIGHUP applies it
     serve.write({"b3": 100})
     serve.sighup()
-    serve.wait_log("reloaded: 1 frontends, 1 backends")
+    serve.wait_log(serve.reloaded)
     assert served_by(serve, 4) == {"b3"}
 
 

@@ -166,11 +166,14 @@ def _file_mode(value: object) -> int:
 
 
 def _workers(value: object) -> int:
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 1):
-        raise ValueError(
-            f"only 1 is supported for now (multi-process workers are planned), got {_show(value)}"
-        )
-    return _int(1)(value)
+    """``global.workers``: a count, or "auto": one per CPU this process may run on (which
+    ``taskset`` and cgroup cpusets restrict, unlike os.cpu_count)."""
+    if value == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        return _int(1)(value)
+    except ValueError:
+        raise ValueError(f'must be an integer >= 1 or "auto", got {_show(value)}') from None
 
 
 def _account(value: object) -> str | int:

@@ -630,6 +630,23 @@ def _limit_problems(frontend: FrontendConfig, path: str) -> list[ConfigProblem]:
     return problems
 
 
+def _worker_bind_problems(frontend: FrontendConfig, path: str) -> list[ConfigProblem]:
+    """With several workers, each binds every address itself (SO_REUSEPORT): a port chosen by
+    the system would differ from worker to worker, and a unix socket can't be shared that way."""
+    problems = []
+    for index, address in enumerate(frontend.bind):
+        if address.path is not None:
+            why = "a unix socket can't be shared by several workers"
+        elif address.port == 0:
+            why = "port 0 would give each worker a different port"
+        else:
+            continue
+        problems.append(
+            ConfigProblem(f"{path}.bind[{index}]", f"{why}: it needs global.workers = 1")
+        )
+    return problems
+
+
 def reference_problems(config: Config) -> list[ConfigProblem]:
     """What is inconsistent across sections: names, references, modes. Empty when all is well."""
     problems: list[ConfigProblem] = []
@@ -659,6 +676,8 @@ def reference_problems(config: Config) -> list[ConfigProblem]:
             )
         if not frontend.bind:
             problems.append(ConfigProblem(f"{path}.bind", "at least one address is required"))
+        if config.global_.workers > 1:
+            problems.extend(_worker_bind_problems(frontend, path))
         problems.extend(_redirect_problems(config, frontend, path))
         problems.extend(_limit_problems(frontend, path))
         for index, route in enumerate(frontend.routes):

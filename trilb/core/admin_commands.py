@@ -418,7 +418,9 @@ def is_error_answer(text: str) -> str | None:
 #: ereq/econ/eresp: request, connect, response errors; act/bck: active/backup servers UP;
 #: chkfail: failed checks; downtime: seconds DOWN; type: 0 frontend, 1 backend, 2 server;
 #: rate: new sessions in the last second; hrsp_*: responses by status class; req_tot: requests;
-#: check_status: the last check's HAProxy code, last_chk: its details; addr: the server's address)
+#: check_status: the last check's HAProxy code, last_chk: its details; addr: the server's address;
+#: pid: the worker process, 1..N, whose figures the row holds -- empty for the totals, which are
+#: all there is without ``global.workers``)
 STAT_COLUMNS: tuple[str, ...] = (
     "pxname",
     "svname",
@@ -437,6 +439,7 @@ STAT_COLUMNS: tuple[str, ...] = (
     "bck",
     "chkfail",
     "downtime",
+    "pid",
     "type",
     "rate",
     "check_status",
