@@ -12,7 +12,9 @@ import http.client
 import io
 import os
 import signal
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,7 @@ CONFIG = """
 [global]
 workers = 2
 timeout_drain = "5s"
+pidfile = "trilb.pid"
 
 [admin]
 socket = "{socket}"
@@ -123,8 +126,18 @@ def alive(pid: int) -> bool:
     return True
 
 
+#: an abstract unix socket for systemd's notifications (one per test run)
+NOTIFY_NAME = f"trilb-workers-test-{os.getpid()}"
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+def cluster_env() -> dict[str, str]:
+    """Extra environment for ``trilb serve`` (a test parametrizes it to set its own)."""
+    return {}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, cluster_env: dict[str, str]) -> Iterator[Cluster]:
     backends = [start_backend_process(tmp_path, name) for name in ("b1", "b2")]
     started: list[subprocess.Popen[bytes]] = []
     try:
@@ -148,6 +161,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
+                    env={**os.environ, **cluster_env},
                 )
             started.append(proc)
 
@@ -250,13 +264,72 @@ def test_operator_changes_reach_every_worker_and_survive_a_restart(cluster: Clus
 
 def test_sigterm_stops_the_master_and_every_worker(cluster: Cluster) -> None:
     pids = cluster.worker_pids()
+    pidfile = cluster.cwd / "trilb.pid"
+    assert pidfile.read_text() == f"{cluster.proc.pid}\n"  # the master's
     cluster.proc.send_signal(signal.SIGTERM)
     assert cluster.proc.wait(timeout=PROMPTLY + 5) == 0
+    assert not pidfile.exists()
     wait_for(lambda: not any(alive(pid) for pid in pids.values()), PROMPTLY, "workers to exit")
     log = cluster.log()
     assert "SIGTERM received: forwarded to the workers, which drain" in log
     assert "every worker has stopped" in log
     assert "Traceback" not in log
+
+
+def test_sigusr1_lets_requests_in_flight_finish_in_every_worker(cluster: Cluster) -> None:
+    results: list[tuple[int, str]] = []
+    threads = [
+        threading.Thread(target=lambda n=n: results.append(cluster.get(f"/slow/{n}")))
+        for n in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    # six connections: both workers hold some (all on one: 2**-5, and the test still holds)
+    wait_for(
+        lambda: frontend_rows(cluster.stat_rows())["0"]["scur"] == "6",
+        STARTUP_TIMEOUT,
+        "six requests in flight",
+    )
+    cluster.proc.send_signal(signal.SIGUSR1)
+    cluster.wait_log("draining until every connection has ended", count=2)
+    assert cluster.proc.poll() is None
+    (cluster.cwd / "release").touch()
+    for thread in threads:
+        thread.join(timeout=PROMPTLY)
+    assert sorted(status for status, _ in results) == [200] * 6
+    assert sorted(body.split()[1] for _, body in results) == [f"/slow/{n}" for n in range(6)]
+    assert cluster.proc.wait(timeout=PROMPTLY) == 0
+
+
+@pytest.fixture
+def notifications() -> Iterator[socket.socket]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(b"\0" + NOTIFY_NAME.encode())
+        sock.settimeout(STARTUP_TIMEOUT * 2)
+        yield sock
+
+
+@pytest.mark.parametrize("cluster_env", [{"NOTIFY_SOCKET": f"@{NOTIFY_NAME}"}])
+def test_systemd_hears_the_master_only(
+    notifications: socket.socket, cluster: Cluster, cluster_env: dict[str, str]
+) -> None:
+    # READY=1 once both workers serve (the fixture saw "2 workers serving"), from the master
+    assert notifications.recv(4096) == b"READY=1"
+    (cluster.cwd / "trilb.toml").write_text(
+        (cluster.cwd / "trilb.toml").read_text().replace('"5s"', '"6s"')
+    )
+    cluster.proc.send_signal(signal.SIGHUP)
+    reloading = notifications.recv(4096).split(b"\n")
+    assert reloading[0] == b"RELOADING=1"
+    assert reloading[1].startswith(b"MONOTONIC_USEC=")
+    assert notifications.recv(4096) == b"READY=1"
+    cluster.wait_log("master: reloaded: 1 frontends, 1 backends in 2 workers")
+    cluster.proc.send_signal(signal.SIGTERM)
+    assert notifications.recv(4096) == b"STOPPING=1"
+    assert cluster.proc.wait(timeout=PROMPTLY + 5) == 0
+    notifications.settimeout(0.5)
+    with pytest.raises(TimeoutError):  # (nothing from the workers, then or ever)
+        notifications.recv(4096)
 
 
 def test_workers_drain_and_exit_when_the_master_is_killed(cluster: Cluster) -> None:
@@ -268,7 +341,7 @@ def test_workers_drain_and_exit_when_the_master_is_killed(cluster: Cluster) -> N
 
 
 def test_a_worker_that_cannot_start_fails_the_start(tmp_path: Path) -> None:
-    with contextlib.closing(__import__("socket").socket()) as taken:
+    with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
