@@ -117,7 +117,7 @@ def free_port() -> int:
 
 
 NGINX_MAIN = """{user}daemon off;
-worker_processes 1;
+worker_processes {workers};
 pid {tmp}/{name}.pid;
 error_log {tmp}/{name}.error.log warn;
 events {{ worker_connections 4096; }}
@@ -157,7 +157,7 @@ NGINX_PROXY = """  upstream nginx {{
   }}
 """
 HAPROXY = """global
-    nbthread 1
+    nbthread {workers}
 defaults
     mode http
     timeout connect 5s
@@ -187,7 +187,10 @@ listen tcp_proxy
     server b1 127.0.0.1:{p1} send-proxy-v2
     server b2 127.0.0.1:{p2} send-proxy-v2
 """
-TRILB = """[log]
+TRILB = """[global]
+workers = {workers}
+
+[log]
 target = "none"
 
 [frontends.bench]
@@ -242,10 +245,11 @@ class Children:
         self.logdir = logdir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str, argv: list[str], cpu: int, **kw: Any) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str], cpus: str, **kw: Any) -> subprocess.Popen[bytes]:
+        """Run ``argv`` on ``cpus`` (taskset's list: "1", "0,1")."""
         with open(self.logdir / f"{name}.log", "wb") as log:
             proc = subprocess.Popen(
-                ["taskset", "-c", str(cpu), *argv],
+                ["taskset", "-c", cpus, *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -357,11 +361,12 @@ def peak_rss_kib(pid: int) -> int:
     return total
 
 
-def write_nginx(tmp: Path, name: str, body: str) -> list[str]:
+def write_nginx(tmp: Path, name: str, body: str, workers: int = 1) -> list[str]:
     """Every path nginx writes stays in tmp (no /etc, no /var); `user root` only when root."""
     user = "user root;\n" if os.geteuid() == 0 else ""  # else workers are nobody: no tmp access
     conf = tmp / f"{name}.conf"
-    conf.write_text(NGINX_MAIN.format(user=user, tmp=tmp, name=name, body=body))
+    text = NGINX_MAIN.format(user=user, tmp=tmp, name=name, body=body, workers=workers)
+    conf.write_text(text)
     return ["nginx", "-p", str(tmp), "-e", f"{tmp}/{name}.error.log", "-c", str(conf)]
 
 
@@ -394,12 +399,13 @@ def proxy_command(
         "p1": b[2],
         "p2": b[3],
         "tmp": tmp,
+        "workers": args.workers,
     }
     if t.name == "haproxy":
         (tmp / "haproxy.cfg").write_text(HAPROXY.format(**ports))
         return ["haproxy", "-db", "-f", str(tmp / "haproxy.cfg")]
     if t.name == "nginx":
-        return write_nginx(tmp, "nginx-proxy", NGINX_PROXY.format(**ports))
+        return write_nginx(tmp, "nginx-proxy", NGINX_PROXY.format(**ports), args.workers)
     tls = "" if t.tls is None else TRILB_TLS.format(**ports, pem=json.dumps(f"{tmp}/combined.pem"))
     conf = tmp / "trilb.toml"
     conf.write_text(TRILB.format(**{**ports, "tls": tls}))
@@ -467,7 +473,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--trilb-cmd", default="", help="trilb command; config path appended or {config}"
     )
     ap.add_argument("--with-tls", action="store_true", help="also give trilb a TLS frontend")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N processes/threads per proxy (trilb workers, HAProxy nbthread, nginx "
+        "worker_processes), which then run on every CPU, the load generator's too "
+        "(default 1: the proxy alone on its CPU)",
+    )
     args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
     args.duration = 3 if args.quick else args.duration
     for opt, known in (("scenarios", SCENARIOS), ("proxies", PROXIES)):
         names = [n.strip() for n in getattr(args, opt).split(",") if n.strip()]
@@ -500,7 +517,7 @@ class Bench:
         servers = BACKEND_SERVER.format(port=direct.http, tls=tls, tmp=self.tmp, pp=p1)
         servers += BACKEND_SERVER.format(port=b2, tls="", tmp=self.tmp, pp=p2)
         argv = write_nginx(self.tmp, "backends", servers)
-        direct.proc = self.kids.start("backends", argv, self.load_cpu)
+        direct.proc = self.kids.start("backends", argv, str(self.load_cpu))
         try:
             self.wait_target(direct, b2)
         except StartError as exc:
@@ -508,6 +525,12 @@ class Bench:
         self.backends = (direct.http, b2)
         self.proxy_backends = (p1, p2)
         return direct
+
+    def proxy_cpus(self) -> str:
+        """The proxy's CPU; with --workers, every CPU (shared with wrk and the backends)."""
+        if self.args.workers > 1:
+            return ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
+        return str(self.proxy_cpu)
 
     def wait_target(self, t: Target, *extra_http: int) -> None:
         assert t.proc is not None
@@ -528,7 +551,7 @@ class Bench:
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         kw = {"cwd": REPO, "env": {**os.environ, "PYTHONPATH": path}} if name == "trilb" else {}
         argv = proxy_command(t, self.tmp, (*self.backends, *self.proxy_backends), self.args)
-        t.proc = self.kids.start(name, argv, self.proxy_cpu, **kw)
+        t.proc = self.kids.start(name, argv, self.proxy_cpus(), **kw)
         try:
             self.wait_target(t)
         except StartError as exc:
@@ -597,7 +620,11 @@ def main(argv: list[str] | None = None) -> int:
             kids.stop_all()
     scenarios = [SCENARIOS[n] for n in args.scenarios]
     cpus = out["cpus"]
-    print(f"\nwrk -t1, {args.duration}s/run; proxy on CPU {cpus[1]}, wrk+backends on CPU {cpus[0]}")
+    if args.workers > 1:
+        where = f"{args.workers} workers/threads per proxy on every CPU"
+    else:
+        where = f"proxy on CPU {cpus[1]}"
+    print(f"\nwrk -t1, {args.duration}s/run; {where}, wrk+backends on CPU {cpus[0]}")
     print_table(out, scenarios)
     report = {
         "started": started,
