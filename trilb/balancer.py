@@ -33,6 +33,7 @@ from .errors import ConfigError, StartupError, TrilbError
 from .frontend import ConnectionSlots
 from .health import ServerChecker, start_health_checks
 from .logsink import LogSink
+from .net import TCPListener
 from .runtime import (
     Generation,
     Runtime,
@@ -43,6 +44,7 @@ from .runtime import (
 )
 from .stats import Statistics
 from .stats_server import serve_stats
+from .systemd import Notifier
 from .tls import describe
 
 __all__ = [
@@ -93,6 +95,8 @@ class Balancer:
         #: the health checkers by (backend, server), once running
         self._checkers: dict[tuple[str, str], ServerChecker] = {}
         self._started = time.monotonic()
+        #: told of reloads (RELOADING=1, then READY=1): systemd's, under ``trilb serve``
+        self.notifier = Notifier()
 
     @property
     def uptime(self) -> float:
@@ -348,6 +352,13 @@ class Balancer:
         use; the balancer is draining); the errors are logged, and the balancer goes on with
         its configuration unchanged. Reloads run one at a time.
         """
+        self.notifier.reloading()
+        try:
+            await self._reload_logged(config)
+        finally:
+            self.notifier.ready()
+
+    async def _reload_logged(self, config: Config) -> None:
         async with self._reload_lock:
             try:
                 await self._reload(config)
@@ -364,12 +375,16 @@ class Balancer:
                 "this balancer was not started from a config file: the program that runs it "
                 "reloads it with lb.reload(config)"
             )
+        self.notifier.reloading()
         try:
-            config = load_config(self.config_path)
-        except ConfigError as exc:
-            self._log_reload_failure(exc)
-            raise
-        await self.reload(config)
+            try:
+                config = load_config(self.config_path)
+            except ConfigError as exc:
+                self._log_reload_failure(exc)
+                raise
+            await self._reload_logged(config)
+        finally:
+            self.notifier.ready()
 
     async def _reload(self, config: Config) -> None:
         if self.draining or self._nursery is None:
@@ -388,10 +403,11 @@ class Balancer:
         previous, old_checks = self._generation, self._checks
         self._runtime, self.config = new, config
         self._frontends, self._backends = new.frontends, new.backends
-        self._slots.limit = config.global_.max_connections
+        self._slots.set_limit(config.global_.max_connections)
         self._generation = Generation(new.frontends)
         previous.retire()
         running.close_listeners(plan.close)
+        _apply_backlogs(running.config, config, plan.keep, new.listeners)
         old_checks.cancel()
         close_pools(carried.orphan_pools)  # (and again once the previous generation is done)
         previous.orphan_pools = carried.orphan_pools
@@ -453,6 +469,21 @@ class Balancer:
             self.log.info(f"frontend {fe.name} listening on {where}{tls} -> {target}")
             if fe.tls is not None:
                 self.log.info(f"frontend {fe.name} certificates: {describe(fe.tls.certificates)}")
+
+
+def _apply_backlogs(
+    old: Config,
+    new: Config,
+    keep: Mapping[tuple[str, int], tuple[str, int]],
+    listeners: Mapping[tuple[str, int], list[TCPListener]],
+) -> None:
+    """A kept listener whose frontend's ``backlog`` changed takes the new one: Linux lets
+    ``listen()`` be called again on a listening socket to change it, queued connections kept."""
+    for new_ref, old_ref in keep.items():
+        backlog = new.frontend(new_ref[0]).backlog
+        if backlog != old.frontend(old_ref[0]).backlog:
+            for listener in listeners[new_ref]:
+                listener.sock.listen(backlog)
 
 
 @attrs.frozen(kw_only=True)

@@ -50,6 +50,7 @@ async def run_until_signalled(
     with trio.open_signal_receiver(*watched) as signals:
         async with trio.open_nursery() as nursery:
             lb: Balancer = await nursery.start(_run_then_stop, start, nursery.cancel_scope)
+            lb.notifier = notifier  # (it says RELOADING=1 and READY=1 around a reload)
             if on_started is not None:
                 on_started(lb)
             notifier.ready()
@@ -68,7 +69,7 @@ async def run_until_signalled(
                         log.reopen()
                         log.info("SIGUSR2 received: log target reopened")
                     elif signum == signal.SIGHUP:
-                        nursery.start_soon(_reload, lb, log, notifier)
+                        nursery.start_soon(_reload, lb, log)
                     elif not drain_signal and not lb.draining:
                         name = signal.Signals(signum).name
                         drain_signal.append(name)
@@ -102,15 +103,12 @@ async def _run_then_stop(
     scope.cancel()
 
 
-async def _reload(lb: Balancer, log: LogSink, notifier: Notifier) -> None:
+async def _reload(lb: Balancer, log: LogSink) -> None:
     """SIGHUP: read the config file again and switch to it. A failure is logged by the balancer
     (one line per problem) and the running configuration goes on; systemd hears RELOADING=1,
-    then READY=1 either way."""
+    then READY=1 either way (from the balancer: ``trilb ctl reload`` does the same)."""
     log.info("SIGHUP received: reloading the configuration")
-    notifier.reloading()
     try:
         await lb.reload_config_file()
     except TrilbError:
         pass  # logged; the previous configuration keeps running
-    finally:
-        notifier.ready()

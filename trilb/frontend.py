@@ -59,6 +59,11 @@ class ConnectionSlots:
         if self._lot:
             self._lot.unpark()
 
+    def set_limit(self, limit: int) -> None:
+        """A new limit (a reload): accept loops waiting for a slot look again."""
+        self.limit = limit
+        self._lot.unpark_all()
+
 
 class FrontendRuntime:
     """What a client session needs from its frontend, plus the frontend's listeners."""
@@ -339,9 +344,37 @@ class FrontendRuntime:
     def take_over(self, old: FrontendRuntime) -> None:
         """A reload: carry over the state of ``old``, this frontend in the running configuration.
         The counters are shared from now on (connections still open on the old configuration
-        count here too), and connection ids go on from where they were."""
+        count here too), and connection ids go on from where they were.
+
+        So are the limits' books, so that a reload is no way around a limit: the open
+        connections per source and of ``max_connections`` (under the new limits: the
+        connections still open on the old configuration count), and the request rates of a
+        ``rate_limit`` the reload left as it was (the frontend's, and a route's that is the same
+        route, same matchers, same limit). A changed ``rate_limit`` starts a fresh table."""
         self.counters = old.counters
         self._next_id = old._next_id
+        if self.sources is not None and old.sources is not None:
+            old.sources.limit = self.sources.limit
+            self.sources = old.sources
+        if self._own_slots is not None and old._own_slots is not None:
+            old._own_slots.set_limit(self._own_slots.limit)
+            self._own_slots = old._own_slots
+        if (
+            self.rate_limiter is not None
+            and old.rate_limiter is not None
+            and old.rate_limiter.config == self.rate_limiter.config
+        ):
+            self.rate_limiter = old.rate_limiter
+        old_routes = [
+            (route, old.route_limiters[id(route)])
+            for route in old.config.routes
+            if id(route) in old.route_limiters
+        ]
+        for route in self.config.routes:
+            if id(route) in self.route_limiters:
+                kept = next((limiter for r, limiter in old_routes if r == route), None)
+                if kept is not None:
+                    self.route_limiters[id(route)] = kept
 
     def start_drain(self) -> None:
         """Stop accepting and wake idle keep-alive connections so they close."""

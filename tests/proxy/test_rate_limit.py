@@ -303,3 +303,80 @@ async def test_backlog_is_the_listen_backlog(
     # for a listening socket, ss shows the backlog as Send-Q
     state, _, send_q, *_ = line.split()
     assert (state, send_q) == ("LISTEN", "7")
+
+
+# -- across a reload -------------------------------------------------------------------------------
+
+
+async def listen_backlog(port: int) -> str:
+    result = await trio.run_process(
+        ["ss", "-H", "-l", "-t", "-n", "sport", "=", f":{port}"], capture_stdout=True
+    )
+    (line,) = result.stdout.decode().splitlines()
+    return line.split()[2]  # a listening socket's Send-Q: its backlog
+
+
+async def test_a_reload_is_no_way_around_a_rate_limit(
+    start_backend: StartBackend, start_proxy: StartProxy, raw_client: StartRawClient
+) -> None:
+    backend, other = await start_backend(), await start_backend()
+    login = trilb.Route(
+        name="login",
+        backend="backend",
+        match=trilb.Match(path_prefix=["/login"]),
+        rate_limit=trilb.RateLimit(requests=1, period=60.0),
+    )
+    limit = trilb.RateLimit(requests=3, period=60.0)
+    config = limited(backend, routes=[login], rate_limit=limit)
+    proxy = await start_proxy(config=config)
+    client = await raw_client(proxy.port)
+    login_request = b"GET /login HTTP/1.1\r\nHost: test\r\n\r\n"
+    assert [await get(client, login_request), await get(client)] == [200, 200]
+    # the same limits, another server and weight: the tables go on
+    reloaded = make_config([backend, other])
+    await proxy.lb.reload(
+        attrs.evolve(
+            reloaded,
+            frontends=[attrs.evolve(reloaded.frontends[0], routes=[login], rate_limit=limit)],
+        )
+    )
+    fresh = await raw_client(proxy.port)
+    assert await get(fresh, login_request) == 429  # the route's 1 per minute was used
+    assert [await get(fresh) for _ in range(2)] == [200, 429]  # the frontend's 3 too
+    # a changed limit starts afresh
+    changed = trilb.RateLimit(requests=4, period=60.0)
+    await proxy.lb.reload(limited(backend, routes=[login], rate_limit=changed))
+    again = await raw_client(proxy.port)
+    assert [await get(again) for _ in range(5)] == [200, 200, 200, 200, 429]
+
+
+async def test_a_reload_keeps_counting_the_open_connections_per_source(
+    start_backend: StartBackend, start_proxy: StartProxy, raw_client: StartRawClient
+) -> None:
+    backend = await start_backend()
+    proxy = await start_proxy(config=limited(backend, max_connections_per_src=2))
+    first, second = await raw_client(proxy.port), await raw_client(proxy.port)
+    assert await get(first) == 200
+    assert await get(second) == 200
+    await proxy.lb.reload(limited(backend, max_connections_per_src=3))
+    # the two still open (on the previous configuration) count against the new limit of 3
+    third = await raw_client(proxy.port)
+    assert await get(third) == 200
+    fourth = await raw_client(proxy.port)
+    await fourth.send(REQUEST)
+    assert await fourth.wait_closed() == b""
+    assert traffic(proxy.lb).denied_connections == 1
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+async def test_a_reload_applies_a_new_backlog_to_a_kept_listener(
+    start_backend: StartBackend, start_proxy: StartProxy, raw_client: StartRawClient
+) -> None:
+    backend = await start_backend()
+    proxy = await start_proxy(config=limited(backend, backlog=7))
+    port = proxy.lb.addresses["frontend"][0].port
+    assert await listen_backlog(port) == "7"
+    await proxy.lb.reload(limited(backend, backlog=11))
+    assert proxy.lb.addresses["frontend"][0].port == port  # the same socket
+    assert await listen_backlog(port) == "11"
+    assert await get(await raw_client(port)) == 200

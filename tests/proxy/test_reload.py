@@ -14,6 +14,7 @@ Waits are on events (a backend's record of requests, log lines, bytes received),
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -49,6 +50,7 @@ from conftest import (
 )
 
 import trilb
+from trilb.systemd import Notifier
 
 MiB = 1024 * 1024
 
@@ -363,6 +365,50 @@ async def test_reload_config_file_reports_every_problem(
     await wait_message(log, r"reload: global\.max_conections: unknown key")
     await wait_message(log, r"reload: frontends\.web\.default_backend")
     assert (await get(lb.addresses["web"][0].port)).server == "s1"
+    await lb.drain(grace=1)
+
+
+async def test_systemd_hears_of_every_reload_good_or_bad(
+    start_backend: StartBackend, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """RELOADING=1 then READY=1 around a reload however it is asked for (SIGHUP, ``trilb ctl
+    reload``, lb.reload) and however it ends: systemd's notify-reload waits for both."""
+    s1 = await start_backend(name="s1")
+    path = tmp_path / "trilb.toml"
+    good = f"""
+        [frontends.web]
+        bind = "127.0.0.1:0"
+        default_backend = "app"
+
+        [backends.app]
+        servers = [{{ name = "s1", address = "127.0.0.1:{s1.port}" }}]
+    """
+    path.write_text(good)
+    lb: trilb.Balancer = await nursery.start(
+        functools.partial(
+            trilb.serve, trilb.load_config(path), log=CollectingLog(), config_path=str(path)
+        )
+    )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify"))
+        sock.setblocking(False)
+        lb.notifier = Notifier(str(tmp_path / "notify"))
+
+        def heard() -> list[bytes]:
+            messages = []
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    messages.append(sock.recv(4096).split(b"\n")[0])
+            return messages
+
+        await lb.reload_config_file()
+        assert heard() == [b"RELOADING=1", b"READY=1"]
+        await lb.reload(trilb.load_config(path))
+        assert heard() == [b"RELOADING=1", b"READY=1"]
+        path.write_text("nonsense")
+        with pytest.raises(trilb.ConfigError):
+            await lb.reload_config_file()
+        assert heard() == [b"RELOADING=1", b"READY=1"]
     await lb.drain(grace=1)
 
 
