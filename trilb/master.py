@@ -46,7 +46,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import attrs
 import trio
 
-from .config import Config, load_config
+from .config import Config, ServerConfig, load_config
 from .control_link import ControlLink, LinkClosed, Requester, WorkerRequestError
 from .core.admin_commands import (
     CommandError,
@@ -453,8 +453,8 @@ class Master:
                 raise ReloadFailed(
                     f"Reload failed in {len(failed)} of {len(results)} workers: {where}"
                 )
+            self._overrides = _still_applied(self._overrides, self.config, config)
             self.config = config
-            self._overrides.clear()  # (a reload resets what the operator changed, as in a worker)
             summary = f"{len(config.frontends)} frontends, {len(config.backends)} backends"
             self.log.info(f"reloaded: {summary} in {len(results)} workers")
             return f"Reloaded: {summary}."
@@ -581,6 +581,27 @@ def _override_key(line: str) -> tuple[str, ServerRef] | None:
             return ("weight", target)
         case DisableHealth(target=target) | EnableHealth(target=target):
             return ("health", target)
+    return None
+
+
+def _still_applied(
+    overrides: dict[tuple[str, ServerRef], str], old: Config, new: Config
+) -> dict[tuple[str, ServerRef], str]:
+    """The operator's changes a worker keeps across a reload (see :mod:`trilb.core.reload`):
+    those of servers still there, except a weight the new file changed."""
+    kept = {}
+    for (kind, ref), line in overrides.items():
+        now, before = _server(new, ref), _server(old, ref)
+        if now is None or (kind == "weight" and (before is None or before.weight != now.weight)):
+            continue
+        kept[kind, ref] = line
+    return kept
+
+
+def _server(config: Config, ref: ServerRef) -> ServerConfig | None:
+    for backend in config.backends:
+        if backend.name == ref.backend:
+            return next((s for s in backend.servers if s.name == ref.server), None)
     return None
 
 
