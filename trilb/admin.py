@@ -58,7 +58,7 @@ from .core.admin_commands import (
     render_json,
     render_table,
 )
-from .errors import ConfigError, StartupError, TrilbError
+from .errors import StartupError, TrilbError
 from .net import BACKLOG, TCPListener, TCPStream
 from .stats import Statistics, TrafficStatistics, WorkerStatistics
 
@@ -297,17 +297,12 @@ class AdminServer(AdminConnections):
     async def reload(self) -> list[str]:
         """``reload``: read the config file again and switch to it; the errors when it can't."""
         lb = self.lb
+        from .balancer import reload_failure_answer
+
         try:
             await lb.reload_config_file()
-        except ConfigError as exc:
-            count = len(exc.problems)
-            problems = "; ".join(str(p) for p in exc.problems)
-            raise CommandError(
-                f"Reload failed ({count} error{'s' if count != 1 else ''}; still running the "
-                f"previous configuration): {problems}"
-            ) from None
         except TrilbError as exc:
-            raise CommandError(f"Reload failed: {exc}") from None
+            raise CommandError(reload_failure_answer(exc)) from None
         config = lb.config
         return [f"Reloaded: {len(config.frontends)} frontends, {len(config.backends)} backends."]
 

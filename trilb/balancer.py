@@ -448,16 +448,8 @@ class Balancer:
         del self._retiring[index]
 
     def _log_reload_failure(self, exc: TrilbError) -> None:
-        if isinstance(exc, ConfigError):
-            count = len(exc.problems)
-            self.log.error(
-                f"reload failed ({count} error{'s' if count != 1 else ''}); the running "
-                "configuration is unchanged:"
-            )
-            for problem in exc.problems:
-                self.log.error(f"reload: {problem}")
-        else:
-            self.log.error(f"reload failed: {exc}; the running configuration is unchanged")
+        for line in reload_failure_lines(exc):
+            self.log.error(line)
 
     def _log_start(self) -> None:
         for fe in self._frontends:
@@ -469,6 +461,30 @@ class Balancer:
             self.log.info(f"frontend {fe.name} listening on {where}{tls} -> {target}")
             if fe.tls is not None:
                 self.log.info(f"frontend {fe.name} certificates: {describe(fe.tls.certificates)}")
+
+
+def reload_failure_lines(exc: TrilbError) -> list[str]:
+    """How a failed reload is logged: what failed, then a line per problem of an invalid file."""
+    if not isinstance(exc, ConfigError):
+        return [f"reload failed: {exc}; the running configuration is unchanged"]
+    count = len(exc.problems)
+    return [
+        f"reload failed ({count} error{'s' if count != 1 else ''}); the running configuration "
+        "is unchanged:",
+        *(f"reload: {problem}" for problem in exc.problems),
+    ]
+
+
+def reload_failure_answer(exc: TrilbError) -> str:
+    """How a failed reload is answered (``trilb ctl reload``): one line."""
+    if not isinstance(exc, ConfigError):
+        return f"Reload failed: {exc}"
+    count = len(exc.problems)
+    problems = "; ".join(str(p) for p in exc.problems)
+    return (
+        f"Reload failed ({count} error{'s' if count != 1 else ''}; still running the previous "
+        f"configuration): {problems}"
+    )
 
 
 def _apply_backlogs(

@@ -46,6 +46,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import attrs
 import trio
 
+from .balancer import reload_failure_answer, reload_failure_lines
 from .config import Config, ServerConfig, load_config
 from .control_link import ControlLink, LinkClosed, Requester, WorkerRequestError
 from .core.admin_commands import (
@@ -427,18 +428,9 @@ class Master:
                 load_frontend_tls(config)  # (what ``trilb check`` checks: certificates, rules)
                 compile_rules(config)
             except ConfigError as exc:
-                count = len(exc.problems)
-                self.log.error(
-                    f"reload failed ({count} error{'s' if count != 1 else ''}); the running "
-                    "configuration is unchanged:"
-                )
-                for problem in exc.problems:
-                    self.log.error(f"reload: {problem}")
-                problems = "; ".join(str(p) for p in exc.problems)
-                raise ReloadFailed(
-                    f"Reload failed ({count} error{'s' if count != 1 else ''}; still running "
-                    f"the previous configuration): {problems}"
-                ) from None
+                for line in reload_failure_lines(exc):
+                    self.log.error(line)
+                raise ReloadFailed(reload_failure_answer(exc)) from None
             for section in _master_changes(self.config, config):
                 self.log.warning(f"reload: {section} changed: that needs a restart (not applied)")
             self.notifier.reloading()
