@@ -234,7 +234,7 @@ TRILB_TLS = """
 bind = ["127.0.0.1:{tls}"]
 default_backend = "nginx"
 forwarded_for = true
-tls = {{ certificates = [{pem}] }}
+tls = {{ certificates = [{pem}], min_version = "1.3" }}
 """
 
 

@@ -55,6 +55,10 @@ __all__ = ["ClientSession"]
 #: lingering close)
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 4 * 1024 * 1024
+#: a TLS read returns at most one record's plaintext (16 KiB), and ``ssl`` allocates a buffer of
+#: the size asked for on every read (and every try that finds no record yet): asking for more
+#: than a record only costs
+TLS_RECEIVE_SIZE = 16 * 1024
 
 
 async def close_stream(stream: trio.abc.Stream) -> None:
@@ -66,6 +70,17 @@ async def close_stream(stream: trio.abc.Stream) -> None:
         return
     # TLS: a close_notify first (trio sends it without waiting for the client's), so that the
     # client knows the end is real; bounded, and forceful if need be.
+    transport = getattr(stream, "transport_stream", None)
+    if isinstance(transport, TCPStream):
+        # The usual case, on the path of every TLS connection: the close_notify goes out if the
+        # socket takes it now, else it is dropped (``closing``), so no timer is needed.
+        transport.closing = True
+        with trio.CancelScope(shield=True):
+            try:
+                await stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        return
     with trio.CancelScope(shield=True):
         with trio.move_on_after(1):
             try:
@@ -89,6 +104,7 @@ class ClientSession(ClientConnection):
         "local_host",
         "local_port",
         "private",
+        "receive_size",
         "request",
         "timeouts",
     )
@@ -120,6 +136,7 @@ class ClientSession(ClientConnection):
         self.timeouts = frontend.config.timeouts
         self.limits = frontend.config.limits
         self.buffer = bytearray()  # received, not yet parsed (the next pipelined request)
+        self.receive_size = TLS_RECEIVE_SIZE if tls else RECEIVE_SIZE
         #: for ``show sessions``: the request under way
         self.request: RequestLog | None = None
         #: with client certificates configured, the header that carries the verified subject:
@@ -465,7 +482,7 @@ class ClientSession(ClientConnection):
                 await self.stream.send_eof()
             with trio.move_on_after(LINGER_SECONDS):
                 while discarded < LINGER_BYTES:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    data = await self.stream.receive_some(self.receive_size)
                     if not data:
                         break
                     discarded += len(data)
@@ -478,7 +495,7 @@ class ClientSession(ClientConnection):
         """The next bytes from the client (b"" at its end); the caller bounds the wait."""
         try:
             # trio's streams return bytes; the bytearray in their signature is for other streams
-            data = cast(bytes, await self.stream.receive_some(RECEIVE_SIZE))
+            data = cast(bytes, await self.stream.receive_some(self.receive_size))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ClientGone("CD") from exc
         self.frontend.counters.bytes_in += len(data)

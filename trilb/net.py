@@ -44,13 +44,17 @@ YIELD_EVERY = 16
 class TCPStream(trio.abc.HalfCloseableStream):
     """A connected, non-blocking socket."""
 
-    __slots__ = ("_closed", "_ready_streak", "_waiting", "sock")
+    __slots__ = ("_closed", "_ready_streak", "_waiting", "closing", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._closed = False
         self._ready_streak = 0
         self._waiting = 0  # tasks inside wait_readable/wait_writable on this socket
+        #: set just before closing: :meth:`send_all` then never waits for the peer (what does not
+        #: fit in the socket buffer now is dropped, with BrokenResourceError), so a last word such
+        #: as a TLS close_notify needs no timer to bound it
+        self.closing = False
 
     async def _maybe_yield(self) -> None:
         self._ready_streak += 1
@@ -126,6 +130,8 @@ class TCPStream(trio.abc.HalfCloseableStream):
                 await self._maybe_yield()
                 return
             self._ready_streak = 0
+            if self.closing:
+                raise trio.BrokenResourceError("closing: the peer is not reading")
             view = memoryview(data)
             while sent < len(view):
                 self._waiting += 1
@@ -177,8 +183,10 @@ class TCPStream(trio.abc.HalfCloseableStream):
             self.sock.close()
 
     async def aclose(self) -> None:
+        """Close at once. Like the other calls that do not have to wait, no forced yield (but
+        every :data:`YIELD_EVERY` calls): a TLS stream's close ends here on every connection."""
         self.close()
-        await trio.lowlevel.checkpoint()
+        await self._maybe_yield()
 
     def _translate(self, exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
         if self._closed or exc.errno == errno.EBADF:

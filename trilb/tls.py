@@ -183,6 +183,10 @@ class ServerTLS:
         default = groups[0][0]
         self.sni: SniMap[ssl.SSLContext] = SniMap(default, [(names, ctx) for ctx, names in groups])
         self.context = default
+        #: a client certificate is asked for (``verify_client``), so the handshake may yield one
+        self.verifies_clients = config.verify_client != "none"
+        #: one context for every name: the callback only notes the name, nothing to select
+        self._one_context = len(groups) == 1
         default.sni_callback = self._on_server_name
 
     def _on_server_name(
@@ -191,6 +195,8 @@ class ServerTLS:
         record = _CURRENT_HANDSHAKE.get()
         if record is not None:
             record.server_name = server_name
+        if self._one_context:
+            return
         chosen = self.sni.select(server_name)
         if chosen is not connection.context:
             connection.context = chosen
@@ -291,9 +297,10 @@ async def server_handshake(
     finally:
         _CURRENT_HANDSHAKE.reset(token)
     subject = None
-    der = stream.getpeercert(binary_form=True)
-    if der:
-        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    if tls.verifies_clients:  # (without a certificate request there is no client certificate)
+        der = stream.getpeercert(binary_form=True)
+        if der:
+            subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
     return stream, subject
 
 

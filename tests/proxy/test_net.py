@@ -161,3 +161,27 @@ async def test_accepted_connections_have_nagle_off() -> None:
         assert s.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         s.close()
     listener.close()
+
+
+def fill_send_buffer(stream: TCPStream) -> None:
+    """Write until the socket takes no more (the peer is not reading)."""
+    chunk = b"x" * 65536
+    while True:
+        try:
+            stream.sock.send(chunk)
+        except BlockingIOError:
+            return
+
+
+async def test_a_closing_stream_drops_what_does_not_fit_instead_of_waiting() -> None:
+    left, right = stream_pair()
+    await left.send_all(b"fits")  # (not closing yet: an ordinary send)
+    assert await right.receive_some(10) == b"fits"
+    fill_send_buffer(left)
+    left.closing = True
+    with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+        await left.send_all(b"no room for this")  # would wait for the reader forever
+    await left.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await left.send_all(b"x")
+    right.close()

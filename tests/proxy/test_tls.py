@@ -8,6 +8,7 @@ Refusals are asserted on both sides: the client's error and the proxy's log line
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -43,6 +44,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import trilb
+from trilb.http_proxy import close_stream
+from trilb.net import TCPStream
 from trilb.tls import load_server_tls
 
 MB = 1024 * 1024
@@ -723,6 +726,33 @@ async def test_connection_close_ends_with_close_notify(certs: Certs, start_tls: 
         assert reply.status == 200
         with trio.fail_after(WAIT):
             assert await stream.receive_some(64 * 1024) == b""
+
+
+async def test_close_does_not_wait_for_a_client_that_does_not_read(certs: Certs) -> None:
+    """Closing a TLS connection whose client reads nothing (its socket buffers full) does not
+    wait for it: the close_notify that does not fit is dropped, and the socket is closed."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(str(certs.default))
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    transport = TCPStream(ours)
+    server = trio.SSLStream(transport, server_ctx, server_side=True)
+    client = trio.SSLStream(
+        trio.SocketStream(trio.socket.from_stdlib_socket(theirs)),
+        client_context(certs.ca),
+        server_hostname="localhost",
+    )
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.do_handshake)
+            nursery.start_soon(client.do_handshake)
+        chunk = b"x" * 65536
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the client reads nothing: fill what lies between
+                ours.send(chunk)
+        await close_stream(server)
+    assert ours.fileno() == -1
+    await trio.aclose_forcefully(client)
 
 
 async def test_large_bodies_over_tls(
