@@ -316,7 +316,7 @@ def run_proxy(
     stats = kids.logdir / f"slow-{name}.json"
     argv = [sys.executable, __file__, "--load", str(port), "--stats", str(stats)]
     argv += [f"--{kind}={n}" for kind, n in args.counts.items()]
-    load = kids.start(f"slow-{name}", argv, cpus[0])
+    load = kids.start(f"slow-{name}", argv, str(cpus[0]))
     try:
         total = sum(args.counts.values())
         print(f"{name}: opening {total} slow connections", file=sys.stderr, flush=True)
@@ -344,19 +344,39 @@ def run_proxy(
     return phases
 
 
+@dataclass(frozen=True)
+class Target:
+    """A proxy to measure: its row label, which proxy, and (trilb) the command that runs it."""
+
+    label: str
+    kind: str  # "trilb" or "haproxy"
+    command: str = ""
+
+    @property
+    def file_name(self) -> str:  # for its log and config files
+        return "".join(c if c.isalnum() else "-" for c in self.label)
+
+
+def targets(args: argparse.Namespace) -> list[Target]:
+    """--proxies, then each --variant (another trilb command, measured in the same run)."""
+    chosen = [Target(p, p, args.trilb_cmd if p == "trilb" else "") for p in args.proxies]
+    return chosen + [Target(f"trilb {label}", "trilb", cmd) for label, cmd in args.variant]
+
+
 def start(
-    name: str, tmp: Path, kids: Children, backends: tuple[int, int], cpu: int, trilb_cmd: str = ""
+    target: Target, tmp: Path, kids: Children, backends: tuple[int, int], cpu: int
 ) -> tuple[int, subprocess.Popen[bytes]]:
     """Start a proxy in front of both backends; returns its port and process."""
     port = free_port()
     ports = {"http": port, "b1": backends[0], "b2": backends[1]}
-    if name == "haproxy":
+    name, trilb_cmd = target.file_name, target.command
+    if target.kind == "haproxy":
         if not shutil.which("haproxy"):
             raise StartError("not installed")
         (tmp / "haproxy.cfg").write_text(HAPROXY.format(**ports))
         argv, kw = ["haproxy", "-db", "-f", str(tmp / "haproxy.cfg")], {}
     else:
-        conf = tmp / "trilb.toml"
+        conf = tmp / f"{name}.toml"
         conf.write_text(TRILB.format(**ports))
         argv = [sys.executable, "-m", "trilb", "serve", str(conf)]
         if trilb_cmd:  # as in run.py: the config path goes at {config}, else at the end
@@ -365,7 +385,7 @@ def start(
             argv = placed if "{config}" in trilb_cmd else [*cmd, str(conf)]
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         kw = {"cwd": REPO, "env": {**os.environ, "PYTHONPATH": path}}
-    proc = kids.start(name, argv, cpu, **kw)
+    proc = kids.start(name, argv, str(cpu), **kw)
     try:
         wait_ready(proc, port, None)
     except StartError as exc:
@@ -453,6 +473,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--trilb-cmd", default="", help="trilb command (as in run.py); config appended or {config}"
     )
+    ap.add_argument(
+        "--variant",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("LABEL", "COMMAND"),
+        help='one more trilb to measure in the same run, as "trilb LABEL" (a --trilb-cmd '
+        "command); repeatable",
+    )
     # internal: run the slow clients themselves (a child process of the benchmark)
     ap.add_argument("--load", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--stats", type=Path, help=argparse.SUPPRESS)
@@ -484,18 +513,20 @@ def main(argv: list[str] | None = None) -> int:
             make_files(tmp)
             b1, b2 = free_port(), free_port()
             servers = BACKEND.format(port=b1, tmp=tmp) + BACKEND.format(port=b2, tmp=tmp)
-            backends = kids.start("backends", write_nginx(tmp, "backends", servers), args.cpus[0])
+            backends = kids.start(
+                "backends", write_nginx(tmp, "backends", servers), str(args.cpus[0])
+            )
             try:
                 for port in (b1, b2):
                     wait_ready(backends, port, None)
             except StartError as exc:
                 raise SystemExit(f"backends failed: {exc}{kids.log_tail('backends')}") from None
             ports = {}
-            for name in args.proxies:
+            for target in targets(args):
                 try:
-                    ports[name] = start(name, tmp, kids, (b1, b2), args.cpus[1], args.trilb_cmd)
+                    ports[target.label] = start(target, tmp, kids, (b1, b2), args.cpus[1])
                 except StartError as exc:
-                    print(f"skipping {name}: {exc}", file=sys.stderr)
+                    print(f"skipping {target.label}: {exc}", file=sys.stderr)
             for name, (port, proc) in ports.items():
                 try:
                     results[name] = run_proxy(name, port, proc, kids, args)
@@ -518,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"results: {path.relative_to(REPO)}")
-    return 0 if "trilb" in results else 1
+    return 0 if any(name.startswith("trilb") for name in results) else 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from .config import Config, load_config
 from .core.accesslog import AccessLogFormatter
 from .daemon import StartBalancer, run_until_signalled
 from .errors import ConfigError, TrilbError
+from .gctune import tune_for_serving
 from .logsink import NORMAL, QUIET, VERBOSE, LogSink
 from .process import PidFile, check_can_switch, drop_privileges, resolve_identity
 from .rules import compile_rules
@@ -205,6 +206,7 @@ def _serve(path: str, grace: float | None, verbosity: int) -> int:
         serve, config, log=log, config_path=os.path.abspath(path)
     )
     drain = config.global_.timeout_drain if grace is None else grace
+    tune_for_serving()
     try:
         trio.run(
             functools.partial(
@@ -259,6 +261,7 @@ def _worker(args: argparse.Namespace, verbosity: int) -> int:
     """``trilb _worker`` (not for people: the master starts it) runs one worker process."""
     from .worker import run_worker
 
+    tune_for_serving()  # (the master carries no traffic: it keeps the defaults)
     run_worker(args.config, args.index, args.control_fd, args.grace, verbosity)
     return EXIT_OK
 

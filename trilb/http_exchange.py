@@ -10,6 +10,12 @@ and ``self.phase`` records whose turn it was, so that a deadline is turned into 
 (504 before the response started, a cut connection after). Creating a cancel scope per read costs
 more than the read on this path, hence the one moving deadline.
 
+Memory, for many slow clients: a response body is read in pieces sized to the room left in the
+client's socket buffer (from :data:`SLOW_READ` to :data:`RECEIVE_SIZE`; a client whose buffer is
+full is waited for first), and nothing keeps what was sent. So a client that stops reading leaves
+next to nothing waiting in trilb, and one that keeps up gets full reads. An exchange that fails
+makes no reference cycle (a connection's objects are long-lived: see :mod:`trilb.gctune`).
+
 Protocol switches (WebSocket): a bodiless HTTP/1.1 request that offers ``Upgrade`` (see
 :func:`trilb.core.headers.upgrade_offer`) is sent on with the offer, and its response is parsed by
 an h11 connection primed with an offer too, so that h11 accepts a ``101`` and stops parsing
@@ -20,7 +26,12 @@ answer is an ordinary response.
 
 from __future__ import annotations
 
+import fcntl
 import math
+import select
+import socket
+import sys
+import termios
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -49,6 +60,7 @@ from .core.http1 import (
 from .core.rewrite import Variables, apply_header_rules, take_request_id, variables_for
 from .core.routing import RequestView
 from .core.sticky import request_cookie, response_cookies
+from .net import TCPStream
 from .pool import ServerConnection
 from .tunnel import Tunnel
 
@@ -61,11 +73,18 @@ __all__ = ["Exchange"]
 #: RFC 9110 section 9.2.2: requests that may be sent again when a reused server connection turns
 #: out to have been closed before the server said anything
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-#: bytes per read from either side: large enough for bulk throughput, small enough that thousands
-#: of connections' in-flight buffers stay within tens of MB
+#: bytes per read from either side, at most: large enough for bulk throughput, small enough that
+#: thousands of connections' in-flight buffers stay within tens of MB
 RECEIVE_SIZE = 256 * 1024
 #: a server's response head may not exceed this (h11 refuses larger incomplete heads)
 MAX_RESPONSE_HEAD = 64 * 1024
+#: the reads of a response head (with whatever of the body came along): a head fits, and a client
+#: that reads nothing (a slow reader) leaves at most this much waiting in trilb, not RECEIVE_SIZE
+HEAD_READ = MAX_RESPONSE_HEAD
+#: the smallest body read (see Exchange._next_read_size): when the client's socket buffer has
+#: less room than that, trilb first waits until it can send
+SLOW_READ = 16 * 1024
+_INT = bytes(4)  # an ioctl's int result
 
 _EOM = h11.EndOfMessage()
 _PRIMER_HEADERS = [(b"Host", b"trilb")]
@@ -84,6 +103,42 @@ DEADLINE_SLACK = 0.02
 
 # Phases, for turning a deadline into the right outcome.
 SERVER_TURN, SERVER_BODY, CLIENT_SEND = "server", "server-body", "client-send"
+
+
+def _h11_problem(exc: h11.RemoteProtocolError) -> str:
+    """What ``exc`` says, with its traceback dropped: h11 raises a RemoteProtocolError from a frame
+    that holds it (``_reraise_as_remote_protocol_error``), a reference cycle (the exception, its
+    traceback, that frame) that only the cyclic garbage collector would free."""
+    exc.__traceback__ = None
+    return str(exc)
+
+
+def _client_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The socket under a client stream (plain TCP, or TLS over it), if there is one."""
+    if isinstance(stream, TCPStream):
+        return stream.sock
+    transport = getattr(stream, "transport_stream", None)
+    return transport.sock if isinstance(transport, TCPStream) else None
+
+
+def _send_room(sock: socket.socket) -> int:
+    """About how many more bytes the socket's send buffer takes now: half its size (Linux
+    doubles the size asked for, for its own bookkeeping) less what it holds (sent but not
+    acknowledged, or not sent yet). RECEIVE_SIZE where the system does not say."""
+    try:
+        held = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, _INT)  # SIOCOUTQ for sockets
+        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    except OSError:
+        return RECEIVE_SIZE
+    return size // 2 - int.from_bytes(held, sys.byteorder, signed=True)
+
+
+def _writable(sock: socket.socket) -> bool:
+    """Whether a send would not block now (for TCP: a third of the send buffer is free), or the
+    socket failed (the send then says how)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(0))
 
 
 def _response_parser(method: bytes, *, upgrade: bool = False) -> h11.Connection:
@@ -155,7 +210,9 @@ class Exchange:
     """The state of one request while it is relayed."""
 
     __slots__ = (
+        "_client_turn",
         "_deadline",
+        "_upload_error",
         "backend",
         "body_left",
         "chunked",
@@ -210,6 +267,10 @@ class Exchange:
         self.sticky_index: int | None = None
         self.killed = False
         self.upgrade = False  # the request offers the server a protocol switch
+        #: the request body's upload (beside the response): whether it waits on the client (else
+        #: on the server), and how it failed
+        self._client_turn = False
+        self._upload_error: ClientGone | None = None
 
     # -- choosing a server and retrying ---------------------------------------------------------
 
@@ -459,39 +520,56 @@ class Exchange:
     ) -> bool:
         """Upload and download at once: a server may answer (413, 100-continue, an early error)
         before it has read the body. Errors come out one at a time, never as a group."""
-        upload_error: ClientGone | None = None
         download_error: Exception | None = None
         reusable = False
         await self._send_server(upstream, head, server)
-        async with trio.open_nursery() as nursery:
-
-            async def upload() -> None:
-                nonlocal upload_error
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._upload_beside, upstream, server, nursery.cancel_scope)
                 try:
-                    await self._upload(upstream, server)
-                except ClientGone as exc:
-                    upload_error = exc
-                    nursery.cancel_scope.cancel()
+                    reusable = await self._relay_response(upstream, server)
+                except (ServerFailed, ResponseBroken, ClientGone) as exc:
+                    download_error = exc
+                # Still uploading means the server answered without reading it all:
+                # self.request_done stays False, so neither connection is reused.
+                nursery.cancel_scope.cancel()
+            if self._upload_error is not None:
+                raise self._upload_error
+            if download_error is not None:
+                raise download_error
+            return reusable
+        finally:
+            # The error raised refers to this frame (its traceback), and this frame to the error:
+            # a reference cycle, which only the cyclic garbage collector would free.
+            download_error = self._upload_error = None
 
-            nursery.start_soon(upload)
-            try:
-                reusable = await self._relay_response(upstream, server)
-            except (ServerFailed, ResponseBroken, ClientGone) as exc:
-                download_error = exc
-            # Still uploading means the server answered without reading it all: self.request_done
-            # stays False, so neither connection is reused.
-            nursery.cancel_scope.cancel()
-        if upload_error is not None:
-            raise upload_error
-        if download_error is not None:
-            raise download_error
-        return reusable
+    async def _upload_beside(
+        self, upstream: ServerConnection, server: ServerRuntime, nursery_scope: trio.CancelScope
+    ) -> None:
+        try:
+            await self._upload(upstream, server)
+        except ClientGone as exc:
+            self._upload_error = exc
+            nursery_scope.cancel()
 
     async def _upload(self, upstream: ServerConnection, server: ServerRuntime) -> None:
-        """Stream the request body to the server (beside :meth:`_relay_response`)."""
+        """Stream the request body to the server (beside :meth:`_relay_response`).
+
+        One cancel scope bounds every wait of the upload, its deadline moved at each:
+        ``timeout_client`` for the client's next bytes (then the client is cut), ``timeout_server``
+        for the server to take them (then the upload just stops: the server's answer, or its
+        silence, decides what follows). A scope per wait would be objects that a slow client,
+        sending a byte a second, keeps alive for that second: long enough to age into the garbage
+        collector's oldest generation."""
+        with trio.CancelScope() as scope:
+            await self._upload_body(upstream, server, scope)
+        if scope.cancelled_caught and self._client_turn:
+            raise ClientGone("cD")
+
+    async def _upload_body(
+        self, upstream: ServerConnection, server: ServerRuntime, scope: trio.CancelScope
+    ) -> None:
         session = self.session
-        limit = session.limits.max_request_body
-        timeout = session.timeouts.client
         if not self.chunked:  # Content-Length: relay raw bytes with a countdown
             data = self.parser.trailing_data[0]
             while True:
@@ -500,59 +578,68 @@ class Exchange:
                     data = data[: self.body_left]
                 if data:
                     self.body_left -= len(data)
-                    if not await self._upload_bytes(upstream, data, server):
+                    if not await self._upload_bytes(upstream, data, server, scope):
                         return
                 if not self.body_left:
                     self.request_done = True
                     return
-                with trio.move_on_after(timeout) as scope:
-                    data = await session.receive_client()
-                if scope.cancelled_caught:
-                    raise ClientGone("cD")
+                data = await self._body_from_client(scope)
                 if not data:
-                    raise ClientGone("CD")
+                    raise ClientGone("CD")  # the client closed in the middle of its body
+        limit = session.limits.max_request_body
         parser = self.parser
         sent = 0
         while True:
             try:
                 event = parser.next_event()
-            except h11.RemoteProtocolError:
+            except h11.RemoteProtocolError as exc:
+                _h11_problem(exc)
                 raise ClientGone("PD") from None  # malformed chunked body: cut the request
             if event is h11.NEED_DATA:
-                with trio.move_on_after(timeout) as scope:
-                    data = await session.receive_client()
-                if scope.cancelled_caught:
-                    raise ClientGone("cD")
-                parser.receive_data(data)
+                parser.receive_data(await self._body_from_client(scope))
             elif isinstance(event, h11.Data):
                 sent += len(event.data)
                 if limit is not None and sent > limit:
                     raise ClientGone("PD")  # chunked body over max_request_body: cut it
-                if not await self._upload_bytes(upstream, encode_chunk(event.data), server):
+                if not await self._upload_bytes(upstream, encode_chunk(event.data), server, scope):
                     return
             elif isinstance(event, h11.EndOfMessage):
                 session.buffer = bytearray(parser.trailing_data[0])
-                if await self._upload_bytes(upstream, LAST_CHUNK, server):
+                if await self._upload_bytes(upstream, LAST_CHUNK, server, scope):
                     self.request_done = True
                 return
             else:
                 raise ClientGone("CD")  # the client closed in the middle of its body
 
+    async def _body_from_client(self, scope: trio.CancelScope) -> bytes:
+        """The client's next body bytes (b"" when it closed), within ``timeout_client``."""
+        self._client_turn = True
+        scope.deadline = trio.current_time() + self.session.timeouts.client
+        return await self.session.receive_client()
+
     async def _upload_bytes(
-        self, upstream: ServerConnection, data: bytes, server: ServerRuntime
+        self,
+        upstream: ServerConnection,
+        data: bytes,
+        server: ServerRuntime,
+        scope: trio.CancelScope,
     ) -> bool:
         """False when the server stopped reading: its answer (or silence) decides what follows."""
         timeout = self.server_timeout
-        with trio.move_on_after(timeout) as scope:
-            try:
-                await upstream.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return False
+        self._client_turn = False
+        scope.deadline = trio.current_time() + timeout
+        try:
+            await upstream.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
         server.counters.bytes_out += len(data)
         # Bytes flowing to the server count as activity: the server is not expected to answer
-        # before it has the body, however long a slow client takes to send it.
-        self._deadline = self.scope.deadline = trio.current_time() + timeout
-        return not scope.cancelled_caught
+        # before it has the body, however long a slow client takes to send it. (Moved later with
+        # the slack of _arm.)
+        deadline = trio.current_time() + timeout
+        if deadline - self._deadline > timeout * DEADLINE_SLACK:
+            self._deadline = self.scope.deadline = deadline
+        return True
 
     # -- the response ---------------------------------------------------------------------------
 
@@ -567,15 +654,17 @@ class Exchange:
             try:
                 event = parser.next_event()
             except h11.RemoteProtocolError as exc:
+                problem = _h11_problem(exc)
                 if not got_bytes:
                     raise ServerFailed(
                         502, "SH", "closed before answering", replayable=True
                     ) from None
-                raise ServerFailed(502, "SH", f"invalid response: {exc}") from None
+                raise ServerFailed(502, "SH", f"invalid response: {problem}") from None
             if event is h11.NEED_DATA:
-                data = await self._receive_server(upstream, server, SERVER_TURN)
+                data = await self._receive_server(upstream, server, SERVER_TURN, HEAD_READ)
                 got_bytes = got_bytes or bool(data)
                 parser.receive_data(data)
+                del data  # (the parser has it: one copy is enough, should the client stall)
             elif isinstance(event, h11.InformationalResponse):
                 if parser.their_state is h11.SWITCHED_PROTOCOL:  # a 101 to our offer
                     return await self._switch_protocols(upstream, server, parser, event)
@@ -628,8 +717,19 @@ class Exchange:
             await self._send_client(out)
             return server_keeps_alive
         if framing is Framing.LENGTH:
+            # A raw body: the parser (and its buffer) goes, what it read beyond the head goes out
+            # with the head, and nothing keeps a copy while the client takes it.
+            body = parser.trailing_data[0]
+            del parser
+            extra = len(body) > length
+            left = length - min(len(body), length)
+            out += body[:length] if extra else body
+            del body
+            await self._send_client(out)
+            del out
             return (
-                await self._relay_length(upstream, server, parser, out, length)
+                await self._relay_length(upstream, server, left)
+                and not extra
                 and server_keeps_alive
             )
         return (
@@ -706,30 +806,22 @@ class Exchange:
         return False
 
     async def _relay_length(
-        self,
-        upstream: ServerConnection,
-        server: ServerRuntime,
-        parser: h11.Connection,
-        out: bytes,
-        length: int,
+        self, upstream: ServerConnection, server: ServerRuntime, left: int
     ) -> bool:
-        """A Content-Length body: raw bytes with a countdown. False if the server sent extra."""
-        data = parser.trailing_data[0]
-        extra = len(data) > length
-        if extra:
-            data = data[:length]
-        left = length - len(data)
-        await self._send_client(out + data)
+        """The rest of a Content-Length body: raw bytes with a countdown. False if the server sent
+        more than that."""
         while left:
-            data = await self._receive_server(upstream, server, SERVER_BODY)
+            size = min(await self._next_read_size(), left + 1)  # (+1: to see a server's extra)
+            data = await self._receive_server(upstream, server, SERVER_BODY, size)
             if not data:
                 raise ResponseBroken("SD", f"server closed with {left} bytes of the body unsent")
             if len(data) > left:
-                extra = True
-                data = data[:left]
+                await self._send_client(data[:left])
+                return False
             left -= len(data)
             await self._send_client(data)
-        return not extra
+            del data  # (sent: not to be kept while the client takes it)
+        return True
 
     async def _relay_parsed(
         self,
@@ -741,15 +833,17 @@ class Exchange:
     ) -> bool:
         """A chunked or until-close body, decoded by h11, re-chunked for HTTP/1.1 clients."""
         pending = [out]
+        del out
         while True:
             try:
                 event = parser.next_event()
             except h11.RemoteProtocolError as exc:
-                raise ResponseBroken("SD", f"bad response body: {exc}") from None
+                raise ResponseBroken("SD", f"bad response body: {_h11_problem(exc)}") from None
             if event is h11.NEED_DATA:
                 await self._send_client(b"".join(pending))
                 pending.clear()
-                parser.receive_data(await self._receive_server(upstream, server, SERVER_BODY))
+                size = await self._next_read_size()
+                parser.receive_data(await self._receive_server(upstream, server, SERVER_BODY, size))
             elif isinstance(event, h11.Data):
                 pending.append(encode_chunk(event.data) if to_chunk else event.data)
             elif isinstance(event, h11.EndOfMessage):
@@ -760,17 +854,38 @@ class Exchange:
             else:
                 raise ResponseBroken("SD", f"unexpected {type(event).__name__} from server")
 
+    async def _next_read_size(self) -> int:
+        """How much of the response body to read next: what the client's socket buffer has room
+        for, from :data:`SLOW_READ` to :data:`RECEIVE_SIZE`. When it has less, first wait until
+        the client takes some (holding nothing). So a client that stops reading (a slow reader)
+        leaves little or nothing of the body waiting in trilb, where a full read would wait
+        until ``timeout_client``; one that keeps up gets full reads. (With TLS too: the socket
+        under it is asked.)"""
+        session = self.session
+        sock = _client_socket(session.stream)
+        if sock is None:
+            return RECEIVE_SIZE
+        room = _send_room(sock)
+        if room < SLOW_READ and not _writable(sock):
+            self._arm(CLIENT_SEND, session.timeouts.client)
+            try:
+                await session.stream.wait_send_all_might_not_block()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ClientGone("CD") from exc
+            room = _send_room(sock)
+        return max(SLOW_READ, min(room, RECEIVE_SIZE))
+
     # -- moving bytes under the moving deadline -------------------------------------------------
 
     async def _receive_server(
-        self, upstream: ServerConnection, server: ServerRuntime, phase: str
+        self, upstream: ServerConnection, server: ServerRuntime, phase: str, size: int
     ) -> bytes:
         self._arm(phase, self.server_timeout)
         try:
             if phase == SERVER_TURN:  # the server has yet to answer: nothing to read right now
-                data = await upstream.receive_when_ready(RECEIVE_SIZE)
+                data = await upstream.receive_when_ready(size)
             else:
-                data = bytes(await upstream.stream.receive_some(RECEIVE_SIZE))
+                data = bytes(await upstream.stream.receive_some(size))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if self.responded:
                 raise ResponseBroken("SD", f"server connection broke: {exc}") from None

@@ -402,6 +402,7 @@ class ClientSession(ClientConnection):
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
+            exc.__traceback__ = None  # (its frames would hold this session in a reference cycle)
             status = exc.error_status_hint if exc.error_status_hint in (414, 431) else 400
             await self._refuse(HeadProblem(status, str(exc)), record)
             return None

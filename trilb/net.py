@@ -70,20 +70,27 @@ class TCPStream(trio.abc.HalfCloseableStream):
         sock = self.sock
         try:
             try:
-                data = sock.recv(size)
+                data: bytes | None = sock.recv(size)
             except BlockingIOError:
-                self._ready_streak = 0
+                # (the wait is outside the handler: an exception being handled would stay alive,
+                # traceback and frames, for as long as the client takes to send)
+                data = None
+            if data is not None:
+                await self._maybe_yield()
+                return data
+            self._ready_streak = 0
+            while True:
                 self._waiting += 1
                 try:
-                    await wait_readable(self.sock)
+                    await wait_readable(sock)
                 finally:
                     self._waiting -= 1
-                data = sock.recv(size)
-            else:
-                await self._maybe_yield()
+                try:
+                    return sock.recv(size)
+                except BlockingIOError:
+                    continue  # woken spuriously
         except OSError as exc:
             raise self._translate(exc) from exc
-        return data
 
     def receive_nowait(self, max_bytes: int) -> bytes | None:
         """What is there to read right now, or None if a read would block. Synchronous (no
