@@ -339,9 +339,11 @@ async def test_the_admin_reload_command_needs_a_config_file(
     )
 
 
-async def test_reload_config_file_reports_every_problem(
-    start_backend: StartBackend, nursery: trio.Nursery, tmp_path: Path
-) -> None:
+async def serve_from_file(
+    start_backend: StartBackend, nursery: trio.Nursery, tmp_path: Path, log: CollectingLog
+) -> tuple[trilb.Balancer, Path, str]:
+    """A balancer started from a config file (frontend web -> backend app, server s1), as
+    ``trilb serve`` starts it: the balancer, the file and its text."""
     s1 = await start_backend(name="s1")
     path = tmp_path / "trilb.toml"
     good = f"""
@@ -353,10 +355,17 @@ async def test_reload_config_file_reports_every_problem(
         servers = [{{ name = "s1", address = "127.0.0.1:{s1.port}" }}]
     """
     path.write_text(good)
-    log = CollectingLog()
     lb: trilb.Balancer = await nursery.start(
         functools.partial(trilb.serve, trilb.load_config(path), log=log, config_path=str(path))
     )
+    return lb, path, good
+
+
+async def test_reload_config_file_reports_every_problem(
+    start_backend: StartBackend, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    log = CollectingLog()
+    lb, path, good = await serve_from_file(start_backend, nursery, tmp_path, log)
     path.write_text(good.replace('"app"', '"nope"', 1) + "\n[global]\nmax_conections = 3\n")
     with pytest.raises(trilb.ConfigError) as info:
         await lb.reload_config_file()
@@ -373,22 +382,7 @@ async def test_systemd_hears_of_every_reload_good_or_bad(
 ) -> None:
     """RELOADING=1 then READY=1 around a reload however it is asked for (SIGHUP, ``trilb ctl
     reload``, lb.reload) and however it ends: systemd's notify-reload waits for both."""
-    s1 = await start_backend(name="s1")
-    path = tmp_path / "trilb.toml"
-    good = f"""
-        [frontends.web]
-        bind = "127.0.0.1:0"
-        default_backend = "app"
-
-        [backends.app]
-        servers = [{{ name = "s1", address = "127.0.0.1:{s1.port}" }}]
-    """
-    path.write_text(good)
-    lb: trilb.Balancer = await nursery.start(
-        functools.partial(
-            trilb.serve, trilb.load_config(path), log=CollectingLog(), config_path=str(path)
-        )
-    )
+    lb, path, _ = await serve_from_file(start_backend, nursery, tmp_path, CollectingLog())
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(tmp_path / "notify"))
         sock.setblocking(False)
