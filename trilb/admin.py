@@ -227,7 +227,24 @@ class AdminConnections:
             stream.close()
 
     async def answer(self, line: bytes) -> tuple[bytes, bool]:
-        """The answer to one line, and whether the connection goes on."""
+        """The answer to one line, and whether the connection goes on (the error boundary of
+        one command: a CommandError is its answer, a bug is logged and answered)."""
+        try:
+            command = parse_command(line)
+            if command is None:
+                return answer_lines([]), True
+            if isinstance(command, Quit):
+                return b"", False
+            return await self.respond(command, line), True
+        except CommandError as exc:
+            return error_answer(str(exc)), True
+        except Exception as exc:  # noqa: BLE001 - a bug in one command must not end the balancer
+            self.log.error(f"admin socket: command {line[:80]!r} failed: {exc!r}")
+            return error_answer(f"Internal error: {exc!r}."), True
+
+    async def respond(self, command: Command, line: bytes) -> bytes:
+        """The answer, as sent, to a command (other than ``quit``); CommandError when it
+        can't be done."""
         raise NotImplementedError
 
 
@@ -238,22 +255,10 @@ class AdminServer(AdminConnections):
         super().__init__(balancer.log)
         self.lb = balancer
 
-    async def answer(self, line: bytes) -> tuple[bytes, bool]:
-        """The answer to one line, and whether the connection goes on."""
-        try:
-            command = parse_command(line)
-            if command is None:
-                return answer_lines([]), True
-            if isinstance(command, Quit):
-                return b"", False
-            if isinstance(command, Reload):
-                return answer_lines(await self.reload()), True
-            return answer_lines(self.run(command)), True
-        except CommandError as exc:
-            return error_answer(str(exc)), True
-        except Exception as exc:  # noqa: BLE001 - a bug in one command must not end the balancer
-            self.log.error(f"admin socket: command {line[:80]!r} failed: {exc!r}")
-            return error_answer(f"Internal error: {exc!r}."), True
+    async def respond(self, command: Command, line: bytes) -> bytes:
+        if isinstance(command, Reload):
+            return answer_lines(await self.reload())
+        return answer_lines(self.run(command))
 
     # -- the commands ------------------------------------------------------------------------
 

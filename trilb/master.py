@@ -50,13 +50,13 @@ from .balancer import reload_failure_answer, reload_failure_lines
 from .config import Config, ServerConfig, load_config
 from .control_link import ControlLink, LinkClosed, Requester, WorkerRequestError
 from .core.admin_commands import (
-    CommandError,
+    Command,
     DisableHealth,
     EnableHealth,
     ServerRef,
     SetState,
     SetWeight,
-    parse_command,
+    is_error_answer,
 )
 from .core.control import Message
 from .core.reload import unapplied_changes
@@ -397,11 +397,11 @@ class Master:
 
     # -- operator commands ---------------------------------------------------------------------
 
-    async def admin_command(self, line: str) -> list[tuple[WorkerSlot, object]]:
-        """Run an admin command line on every worker; remember it (for restarted workers)
-        when it changes a server and some worker took it."""
+    async def admin_command(self, line: str, command: Command) -> list[tuple[WorkerSlot, object]]:
+        """Run an admin command line (``command``, parsed) on every worker; remember it (for
+        restarted workers) when it changes a server and some worker took it."""
         results = await self.broadcast("admin", line=line)
-        key = _override_key(line)
+        key = _override_key(command)
         if key is not None and any(isinstance(r, str) and not _is_error(r) for _, r in results):
             self._overrides[key] = line
         return results
@@ -555,17 +555,11 @@ def _ended(returncode: int | None) -> str:
 
 
 def _is_error(answer: str) -> bool:
-    from .core.admin_commands import is_error_answer
-
     return is_error_answer(answer) is not None
 
 
-def _override_key(line: str) -> tuple[str, ServerRef] | None:
+def _override_key(command: Command) -> tuple[str, ServerRef] | None:
     """For a command that changes a server: what it sets, and on which server."""
-    try:
-        command = parse_command(line.encode())
-    except CommandError:
-        return None
     match command:
         case SetState(target=target):
             return ("state", target)

@@ -17,16 +17,15 @@ from __future__ import annotations
 from .admin import AdminConnections, info_lines, stat_rows
 from .control_link import LinkClosed, WorkerRequestError
 from .core.admin_commands import (
+    Command,
     CommandError,
     Help,
-    Quit,
     Reload,
     ShowInfo,
     ShowStat,
     answer_lines,
     error_answer,
     help_lines,
-    parse_command,
     render_csv,
     render_json,
 )
@@ -42,39 +41,28 @@ class ClusterAdmin(AdminConnections):
         super().__init__(master.log)
         self.master = master
 
-    async def answer(self, line: bytes) -> tuple[bytes, bool]:
+    async def respond(self, command: Command, line: bytes) -> bytes:
         master = self.master
-        try:
-            command = parse_command(line)
-            match command:
-                case None:
-                    return answer_lines([]), True
-                case Quit():
-                    return b"", False
-                case Help():
-                    return answer_lines(help_lines()), True
-                case Reload():
-                    try:
-                        return answer_lines([await master.reload()]), True
-                    except ReloadFailed as exc:
-                        raise CommandError(str(exc)) from None
-                case ShowStat() | ShowInfo():
-                    await master.refresh()
-                    stats = master.statistics()
-                    if isinstance(command, ShowInfo):
-                        lines = info_lines(stats, master.config, master.uptime, master.draining)
-                    elif command.format == "json":
-                        lines = render_json(stat_rows(stats, master.draining))
-                    else:
-                        lines = render_csv(stat_rows(stats, master.draining))
-                    return answer_lines(lines), True
-            results = await master.admin_command(line.decode("utf-8", "replace").strip())
-            return merge_answers(results), True
-        except CommandError as exc:
-            return error_answer(str(exc)), True
-        except Exception as exc:  # noqa: BLE001 - a bug in one command must not end the master
-            self.log.error(f"admin socket: command {line[:80]!r} failed: {exc!r}")
-            return error_answer(f"Internal error: {exc!r}."), True
+        match command:
+            case Help():
+                return answer_lines(help_lines())
+            case Reload():
+                try:
+                    return answer_lines([await master.reload()])
+                except ReloadFailed as exc:
+                    raise CommandError(str(exc)) from None
+            case ShowInfo():
+                await master.refresh()
+                stats = master.statistics()
+                return answer_lines(
+                    info_lines(stats, master.config, master.uptime, master.draining)
+                )
+            case ShowStat(format=form):
+                await master.refresh()
+                rows = stat_rows(master.statistics(), master.draining)
+                return answer_lines(render_json(rows) if form == "json" else render_csv(rows))
+        text = line.decode("utf-8", "replace").strip()
+        return merge_answers(await master.admin_command(text, command))
 
 
 def merge_answers(results: list[tuple[WorkerSlot, object]]) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trilb import Config, loads_config
-from trilb.core.admin_commands import ServerRef
+from trilb.core.admin_commands import ServerRef, parse_command
 from trilb.master import _override_key, _still_applied
 
 CONFIG = """
@@ -24,18 +24,23 @@ def config(w1: int = 100, s3: bool = True) -> Config:
     return loads_config(CONFIG.format(w1=w1, s3=s3_line))
 
 
+def key(line: str) -> tuple[str, ServerRef] | None:
+    command = parse_command(line.encode())
+    assert command is not None
+    return _override_key(command)
+
+
 def test_commands_that_change_a_server_are_remembered_by_kind_and_server() -> None:
     s1 = ServerRef("app", "s1")
-    assert _override_key("set server app/s1 weight 50") == ("weight", s1)
-    assert _override_key("set server app/s1 weight 20%") == ("weight", s1)
-    assert _override_key("disable server app/s1") == ("state", s1)
-    assert _override_key("enable server app/s1") == ("state", s1)
-    assert _override_key("set server app/s1 state maint") == ("state", s1)
-    assert _override_key("disable health app/s1") == ("health", s1)
-    assert _override_key("enable health app/s1") == ("health", s1)
-    assert _override_key("show stat") is None
-    assert _override_key("get weight app/s1") is None
-    assert _override_key("no such command") is None
+    assert key("set server app/s1 weight 50") == ("weight", s1)
+    assert key("set server app/s1 weight 20%") == ("weight", s1)
+    assert key("disable server app/s1") == ("state", s1)
+    assert key("enable server app/s1") == ("state", s1)
+    assert key("set server app/s1 state maint") == ("state", s1)
+    assert key("disable health app/s1") == ("health", s1)
+    assert key("enable health app/s1") == ("health", s1)
+    assert key("show stat") is None
+    assert key("get weight app/s1") is None
 
 
 def test_a_reload_keeps_what_workers_keep() -> None:
